@@ -1,0 +1,1 @@
+//! Beskar7 CRD types.

@@ -1,0 +1,2 @@
+//! The `beskar7` binary.
+fn main() {}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests use to check our work with independent tools.
+# Idempotent: installs only what is missing. Each line of PACKAGES says who needs it.
+set -euo pipefail
+PACKAGES=(
+  # boot media checks: ISO / FAT readers and builders
+  xorriso genisoimage mtools dosfstools util-linux
+  grub-common grub-efi-amd64-bin grub-pc-bin isolinux syslinux-common
+  # BMC lab: Python venv for sushy-tools, openssl for certs
+  python3-venv openssl
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "ensure-debs: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,1 @@
+//! Redfish client for BMCs. No Kubernetes here.

@@ -1,0 +1,1 @@
+//! Local control plane and BMC lab for integration tests.
