@@ -8,6 +8,8 @@ PACKAGES=(
   grub-common grub-efi-amd64-bin grub-pc-bin isolinux syslinux-common
   # BMC lab: Python venv for sushy-tools, openssl for certs
   python3-venv openssl
+  # hack/testbin.sh: /usr/bin/time -v reports the peak memory of each Go build
+  time
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Builds the test binaries (kube-apiserver, etcd, CAPI core / kubeadm bootstrap / kubeadm
+# control-plane managers, clusterctl) with 'go build' from the Go module proxy, at the versions
+# pinned in hack/testbin-versions.env, and copies CAPI's CRDs and webhook manifests next to them.
+#
+# Output: ${BESKAR7_TESTBIN:-$HOME/.cache/beskar7/testbin}/<key>/ where <key> encodes the pinned
+# versions, so bumping a pin never reuses stale binaries. The Rust harness (beskar7-test) derives
+# the same directory from the same file. Builds whose output exists are skipped: a warm run takes
+# seconds. GOMODCACHE and GOCACHE stay at Go's defaults (outside the repo).
+#
+# The wrapper modules in hack/tools/ exist because these modules carry replace directives that
+# 'go install pkg@version' refuses (see DESIGN.md section 7); their go.mod/go.sum are committed so
+# builds are reproducible.
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=testbin-versions.env
+source "${HACK_DIR}/testbin-versions.env"
+
+KEY="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_capi-${CAPI_VERSION}_layout-${TESTBIN_LAYOUT}"
+OUT="${BESKAR7_TESTBIN:-${HOME}/.cache/beskar7/testbin}/${KEY}"
+BIN="${OUT}/bin"
+mkdir -p "${BIN}"
+
+command -v go >/dev/null || { echo "testbin: 'go' not found in PATH; install Go >= 1.26" >&2; exit 1; }
+# /usr/bin/time (Debian package 'time', installed by hack/ensure-debs.sh) reports the peak RSS.
+TIME_BIN=""
+[ -x /usr/bin/time ] && TIME_BIN=/usr/bin/time
+
+# "vX.Y.Z" -> major X and minor Y, as the version packages expect them.
+semver_major() { local v="${1#v}"; echo "${v%%.*}"; }
+semver_minor() { local v="${1#v}"; v="${v#*.}"; echo "${v%%.*}"; }
+
+# Version variables of k8s.io/component-base: kube-apiserver must report a real version or the CAPI
+# managers refuse it at start.
+K8S_LDFLAGS="-X k8s.io/component-base/version.gitVersion=${KUBERNETES_VERSION}"
+K8S_LDFLAGS+=" -X k8s.io/component-base/version.gitMajor=$(semver_major "${KUBERNETES_VERSION}")"
+K8S_LDFLAGS+=" -X k8s.io/component-base/version.gitMinor=$(semver_minor "${KUBERNETES_VERSION}")"
+K8S_LDFLAGS+=" -X k8s.io/component-base/version.gitTreeState=clean"
+# The same variables CAPI's hack/scripts/release/version.sh sets (buildDate left out so builds are
+# reproducible).
+CAPI_LDFLAGS="-X sigs.k8s.io/cluster-api/version.gitVersion=${CAPI_VERSION}"
+CAPI_LDFLAGS+=" -X sigs.k8s.io/cluster-api/version.gitMajor=$(semver_major "${CAPI_VERSION}")"
+CAPI_LDFLAGS+=" -X sigs.k8s.io/cluster-api/version.gitMinor=$(semver_minor "${CAPI_VERSION}")"
+CAPI_LDFLAGS+=" -X sigs.k8s.io/cluster-api/version.gitTreeState=clean"
+
+built_any=0
+# build NAME WRAPPER_DIR PACKAGE LDFLAGS
+build() {
+  local name="$1" wrapper="$2" pkg="$3" ldflags="$4"
+  local target="${BIN}/${name}"
+  if [ -x "${target}" ]; then
+    echo "testbin: ${name}: cached (${target})"
+    return
+  fi
+  built_any=1
+  echo "testbin: ${name}: building ${pkg} ..."
+  local tmp="${target}.tmp.$$" timing="${OUT}/.${name}.time"
+  local start=$SECONDS
+  local -a timer=()
+  [ -n "${TIME_BIN}" ] && timer=("${TIME_BIN}" -v -o "${timing}")
+  # -trimpath keeps local paths out of the binaries; CGO off gives static binaries like upstream's.
+  (cd "${HACK_DIR}/tools/${wrapper}" &&
+    CGO_ENABLED=0 "${timer[@]}" go build -mod=readonly -trimpath -ldflags "${ldflags}" -o "${tmp}" "${pkg}")
+  mv "${tmp}" "${target}"
+  local rss="unknown (no /usr/bin/time)"
+  if [ -f "${timing}" ]; then
+    # ru_maxrss of the children: the largest single compile/link process of the build.
+    rss="$(awk -F': ' '/Maximum resident set size/ {printf "%.0f MiB", $2/1024}' "${timing}")"
+  fi
+  local line
+  line="$(printf '%-30s %5ds  peak RSS %s' "${name}" $((SECONDS - start)) "${rss}")"
+  echo "testbin: built ${line}"
+  echo "$(date -u +%FT%TZ) ${line}" >>"${OUT}/build-times.log"
+}
+
+overall=$SECONDS
+# kube-apiserver first: it is the longest build.
+build kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "${K8S_LDFLAGS}"
+build etcd etcd go.etcd.io/etcd/server/v3 ""
+build cluster-api-manager cluster-api sigs.k8s.io/cluster-api/core "${CAPI_LDFLAGS}"
+build kubeadm-bootstrap-manager cluster-api sigs.k8s.io/cluster-api/bootstrap/kubeadm "${CAPI_LDFLAGS}"
+build kubeadm-control-plane-manager cluster-api sigs.k8s.io/cluster-api/controlplane/kubeadm "${CAPI_LDFLAGS}"
+build clusterctl cluster-api sigs.k8s.io/cluster-api/cmd/clusterctl "${CAPI_LDFLAGS}"
+
+# CAPI's CRDs and webhook manifests, from the module cache (the same release as the managers).
+if [ ! -f "${OUT}/manifests.done" ]; then
+  capi_dir="$(cd "${HACK_DIR}/tools/cluster-api" && go list -m -f '{{.Dir}}' sigs.k8s.io/cluster-api)"
+  for provider in core:core bootstrap-kubeadm:bootstrap/kubeadm controlplane-kubeadm:controlplane/kubeadm; do
+    name="${provider%%:*}" src="${capi_dir}/${provider#*:}/config"
+    mkdir -p "${OUT}/capi/${name}/crds" "${OUT}/capi/${name}/webhook"
+    cp "${src}"/crd/bases/*.yaml "${OUT}/capi/${name}/crds/"
+    cp "${src}/webhook/manifests.yaml" "${OUT}/capi/${name}/webhook/manifests.yaml"
+  done
+  # Module cache files are read-only; the harness only reads them, but keep the copies writable so
+  # the cache dir can be removed with plain 'rm -r'.
+  chmod -R u+w "${OUT}/capi"
+  touch "${OUT}/manifests.done"
+fi
+
+cat >"${OUT}/versions.env" <<EOF
+KUBERNETES_VERSION=${KUBERNETES_VERSION}
+ETCD_VERSION=${ETCD_VERSION}
+CAPI_VERSION=${CAPI_VERSION}
+TESTBIN_LAYOUT=${TESTBIN_LAYOUT}
+GO_VERSION=$(go env GOVERSION)
+EOF
+
+if [ "${built_any}" = 1 ]; then
+  echo "testbin: done in $((SECONDS - overall))s: ${OUT}"
+else
+  echo "testbin: up to date: ${OUT}"
+fi
