@@ -1,1 +1,36 @@
 //! OS boot profiles, config-volume images and ISO kernel-argument patching. No network, no Kubernetes.
+//!
+//! - [`os`]: per-OS facts (kernel arguments, volume label and layout, bootstrap rendering) and
+//!   the [`DeliveryPlan`] for a machine.
+//! - [`volume`]: deterministic in-memory ISO 9660 (Joliet + Rock Ridge) and FAT12 config volumes.
+//! - [`patch`]: appending kernel arguments to the bootloader configs of an ISO, described as the
+//!   source bytes plus replaced ranges, readable at any offset.
+
+pub mod fat;
+pub mod iso9660;
+pub mod kargs;
+pub mod os;
+pub mod patch;
+pub mod source;
+pub mod volume;
+
+pub use kargs::{ConfigKind, append_kernel_args, split_kernel_args};
+pub use os::{
+    BootstrapFormat, DeliveryPlan, KernelArg, MetaData, OsFamily, PlanInput, ProfileError,
+    ProvisioningMode, RenderedConfig, VolumePlan, build_config_volume, plan_delivery,
+    resolve_kernel_args,
+};
+pub use patch::{ConfigFound, IsoPatch, PatchError, PatchedIso, patch_iso};
+pub use source::{ReadAt, SeekSource};
+pub use volume::{VolumeError, VolumeFile, VolumeFormat, build_volume};
+
+/// Any error of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+}
