@@ -1,1 +1,90 @@
-//! Beskar7 CRD types.
+//! Beskar7 API types (group `infrastructure.cluster.x-k8s.io`, version `v1alpha1`).
+//!
+//! Field names follow the Go Beskar7 project so its users' manifests apply unchanged; fields
+//! added here are optional. Validation the API server can enforce lives in the schema (enums,
+//! patterns, CEL rules); what CEL cannot see (ClusterClass dry-runs) belongs to the webhooks.
+//! No I/O in this crate.
+
+// `#[kube(printcolumn(...))]` repeats keys such as `type_` per column, which this lint misreads.
+#![allow(clippy::duplicated_attributes)]
+
+pub mod cluster;
+pub mod common;
+pub mod crds;
+pub mod machine;
+pub mod physical_host;
+
+pub use cluster::{
+    ApiEndpoint, Beskar7Cluster, Beskar7ClusterSpec, Beskar7ClusterStatus, Beskar7ClusterTemplate,
+    Beskar7ClusterTemplateResource, Beskar7ClusterTemplateSpec,
+};
+pub use common::{
+    BootMode, Condition, FailureDomain, MachineAddress, MachineAddressType, ObjectMetaTemplate,
+    OsFamily, ProvisioningMode,
+};
+pub use machine::{
+    Beskar7Machine, Beskar7MachineSpec, Beskar7MachineStatus, Beskar7MachineTemplate,
+    Beskar7MachineTemplateResource, Beskar7MachineTemplateSpec, Beskar7MachineTemplateStatus,
+    HostReference, MachineInitialization, NodeInfo,
+};
+pub use physical_host::{
+    BmcDetails, ConsumerRef, HardwareDetails, HostState, Nic, PhysicalHost, PhysicalHostSpec,
+    PhysicalHostStatus, Provisioning, RedfishConnection, VirtualMediaSlotInfo,
+};
+
+/// API group of every Beskar7 kind.
+pub const GROUP: &str = "infrastructure.cluster.x-k8s.io";
+/// API version of every Beskar7 kind.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "infrastructure.cluster.x-k8s.io/v1alpha1";
+
+/// CRD label through which CAPI finds which of our versions serves its v1beta2 contract.
+pub const CONTRACT_LABEL: &str = "cluster.x-k8s.io/v1beta2";
+/// clusterctl moves objects of kinds whose CRD carries this label, with everything they own.
+pub const MOVE_HIERARCHY_LABEL: &str = "clusterctl.cluster.x-k8s.io/move-hierarchy";
+/// Provider label clusterctl uses to find a provider's components.
+pub const PROVIDER_LABEL: &str = "cluster.x-k8s.io/provider";
+/// Value of [`PROVIDER_LABEL`] for this provider.
+pub const PROVIDER_NAME: &str = "infrastructure-beskar7";
+
+/// Scheme of our provider IDs: `beskar7://<namespace>/<physicalhost-name>`.
+pub const PROVIDER_ID_PREFIX: &str = "beskar7://";
+
+/// The providerID a machine on `host` in `namespace` reports (and its kubelet registers with).
+pub fn provider_id(namespace: &str, host: &str) -> String {
+    format!("{PROVIDER_ID_PREFIX}{namespace}/{host}")
+}
+
+/// Splits a providerID into `(namespace, host)`; `None` when it is not one of ours.
+pub fn parse_provider_id(provider_id: &str) -> Option<(&str, &str)> {
+    let rest = provider_id.strip_prefix(PROVIDER_ID_PREFIX)?;
+    let (namespace, host) = rest.split_once('/')?;
+    (!namespace.is_empty() && !host.is_empty() && !host.contains('/')).then_some((namespace, host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_id_round_trips() {
+        let id = provider_id("team-a", "server-01");
+        assert_eq!(id, "beskar7://team-a/server-01");
+        assert_eq!(parse_provider_id(&id), Some(("team-a", "server-01")));
+    }
+
+    #[test]
+    fn foreign_or_malformed_provider_ids_are_rejected() {
+        for bad in [
+            "metal3://ns/host",
+            "beskar7://",
+            "beskar7://ns",
+            "beskar7://ns/",
+            "beskar7:///host",
+            "beskar7://ns/a/b",
+        ] {
+            assert_eq!(parse_provider_id(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,2 +1,37 @@
-//! The `beskar7` binary.
-fn main() {}
+//! The `beskar7` binary: the manager and the operator's tools.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "beskar7",
+    version,
+    about = "Cluster API infrastructure provider for immutable bare metal over Redfish"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print all CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crds {
+        /// Write `<group>_<plural>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds { out_dir } => match out_dir {
+            Some(dir) => beskar7_controllers::crds_cmd::write_crds(&dir)?,
+            None => print!("{}", beskar7_controllers::crds_cmd::print_crds()?),
+        },
+    }
+    Ok(())
+}

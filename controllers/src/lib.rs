@@ -1,0 +1,3 @@
+//! Beskar7 controllers, artifact server, webhooks and the subcommands of the `beskar7` binary.
+
+pub mod crds_cmd;
