@@ -403,7 +403,6 @@ impl Client {
         body: &Body,
         if_match: Option<&str>,
         auth: Option<HeaderValue>,
-        extra: Option<(&str, HeaderValue)>,
     ) -> Result<Response> {
         let url = self.url_for(path)?;
         let mut req = reqwest::Request::new(method.clone(), url);
@@ -419,11 +418,6 @@ impl Client {
                 },
                 v,
             );
-        }
-        if let Some((name, v)) = extra {
-            if let Ok(n) = reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
-                h.insert(n, v);
-            }
         }
         if let Some(tag) = if_match
             && let Ok(v) = HeaderValue::from_str(tag)
@@ -502,7 +496,6 @@ impl Client {
                 &Body::None,
                 None,
                 Some(creds.basic_header()),
-                None,
             )
             .await?;
         if !resp.is_success() {
@@ -541,7 +534,7 @@ impl Client {
             "Password": creds.password,
         }));
         let resp = self
-            .send_raw(Method::POST, &sessions, &body, None, None, None)
+            .send_raw(Method::POST, &sessions, &body, None, None)
             .await?;
         if resp.status == 401 || resp.status == 403 {
             return Err(error::from_status(
@@ -589,7 +582,7 @@ impl Client {
     ) -> Result<Response> {
         let (header, generation) = self.ensure_auth().await?;
         let resp = self
-            .send_raw(method.clone(), path, body, if_match, Some(header), None)
+            .send_raw(method.clone(), path, body, if_match, Some(header))
             .await?;
         if resp.status != 401 {
             return Ok(resp);
@@ -614,7 +607,7 @@ impl Client {
             self.header_of(&st.auth).expect("logged in")
         };
         let resp = self
-            .send_raw(method.clone(), path, body, if_match, Some(header), None)
+            .send_raw(method.clone(), path, body, if_match, Some(header))
             .await?;
         if resp.status == 401 {
             return Err(error::from_status(
@@ -755,7 +748,7 @@ impl Client {
         } = auth
         {
             let resp = self
-                .send_raw(Method::DELETE, &loc, &Body::None, None, Some(token), None)
+                .send_raw(Method::DELETE, &loc, &Body::None, None, Some(token))
                 .await?;
             if !resp.is_success() && resp.status != 404 {
                 return Err(error::from_status("DELETE", &loc, resp.status, &resp.body));

@@ -556,7 +556,10 @@ impl Client {
         }
         if slot.media.is_inserted() || slot.media.current_image().is_some() {
             self.eject_slot(&slot).await?;
-            slot = self.read_slot(slot_path).await?;
+            if slot.insert_method() == InsertMethod::Patch {
+                // The eject PATCH changed the ETag.
+                slot = self.read_slot(slot_path).await?;
+            }
         }
         let mut req = InsertMediaRequest {
             image: image.to_string(),
