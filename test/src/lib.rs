@@ -1,1 +1,101 @@
 //! Local control plane and BMC lab for integration tests.
+//!
+//! [`ControlPlane`] runs a real etcd and kube-apiserver (and optionally the real CAPI managers)
+//! built by `hack/testbin.sh`; each instance has its own ports, certificates and data, so tests
+//! run in parallel without sharing state.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod bmc_lab;
+pub mod capi;
+pub mod certs;
+mod control_plane;
+mod process;
+pub mod testbin;
+
+pub use bmc_lab::{BmcLab, LabSystem};
+pub use capi::CapiProvider;
+pub use control_plane::{ControlPlane, ControlPlaneBuilder, install_crypto_provider};
+pub use testbin::Testbin;
+
+/// Why a [`ControlPlane`] could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error(
+        "test binaries not found ({missing} is missing): run `make testbin` (hack/testbin.sh) \
+         to build kube-apiserver, etcd and the CAPI managers; set BESKAR7_TESTBIN if they are \
+         cached elsewhere"
+    )]
+    TestbinMissing { missing: PathBuf },
+    #[error("hack/testbin-versions.env has no {key}")]
+    VersionsFileIncomplete { key: String },
+    #[error("HOME is not set, so the default testbin cache cannot be found; set BESKAR7_TESTBIN")]
+    HomeNotSet,
+    #[error("generating a certificate failed")]
+    CertificateGenerationFailed(#[from] rcgen::Error),
+    #[error("no free TCP port on 127.0.0.1")]
+    NoFreePort(#[source] std::io::Error),
+    #[error("{what} failed")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {name} ({program}) failed")]
+    ProcessSpawnFailed {
+        name: String,
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} exited during startup ({status}); last lines of {log}:\n{log_tail}")]
+    ProcessExited {
+        name: String,
+        status: String,
+        log: PathBuf,
+        log_tail: String,
+    },
+    #[error("{name} not ready after {timeout:?}; last lines of {log}:\n{log_tail}")]
+    NotReady {
+        name: String,
+        timeout: Duration,
+        log: PathBuf,
+        log_tail: String,
+    },
+    #[error("the generated kubeconfig cannot be loaded")]
+    KubeconfigInvalid(#[source] kube::config::KubeconfigError),
+    #[error("{what} failed")]
+    KubeRequestFailed {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{path} is not a valid manifest")]
+    ManifestInvalid {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("kube-apiserver rejected CRD {name}")]
+    CrdRejected {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("CRD {name} not Established after {timeout:?}")]
+    CrdNotEstablished { name: String, timeout: Duration },
+    #[error("watching CRD {name} for Established failed")]
+    CrdWaitFailed {
+        name: String,
+        #[source]
+        source: kube::runtime::wait::Error,
+    },
+    #[error("webhook manifest {path} cannot be used: {reason}")]
+    WebhookManifestInvalid { path: PathBuf, reason: String },
+    #[error("kube-apiserver rejected a CAPI webhook configuration")]
+    WebhookRegistrationFailed {
+        #[source]
+        source: kube::Error,
+    },
+}
