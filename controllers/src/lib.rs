@@ -1,3 +1,4 @@
 //! Beskar7 controllers, artifact server, webhooks and the subcommands of the `beskar7` binary.
 
+pub mod bmc_probe;
 pub mod crds_cmd;

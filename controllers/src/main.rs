@@ -23,6 +23,11 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Talk to a BMC the way the provider would (read-only).
+    Bmc {
+        #[command(subcommand)]
+        command: beskar7_controllers::bmc_probe::BmcCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +37,12 @@ fn main() -> anyhow::Result<()> {
             Some(dir) => beskar7_controllers::crds_cmd::write_crds(&dir)?,
             None => print!("{}", beskar7_controllers::crds_cmd::print_crds()?),
         },
+        Command::Bmc { command } => {
+            let code = beskar7_controllers::bmc_probe::run(command);
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
     }
     Ok(())
 }
