@@ -83,6 +83,252 @@ async fn every_shared_example_applies() {
     );
 }
 
+/// A CEL rule of our CRDs and a manifest that breaks it. `valid` is accepted; then `bad` is
+/// either created (`update: false`) or merged into the valid object (`update: true`, for
+/// transition rules) and must be rejected with the rule's message.
+struct CelCase {
+    kind: &'static str,
+    message: &'static str,
+    valid: serde_json::Value,
+    bad: serde_json::Value,
+    update: bool,
+}
+
+fn cel_cases() -> Vec<CelCase> {
+    use serde_json::json;
+    let endpoint =
+        |host: &str, port: i64| json!({ "controlPlaneEndpoint": { "host": host, "port": port } });
+    let template = |spec: serde_json::Value| json!({ "template": { "spec": spec } });
+    let machine = |extra: serde_json::Value| {
+        let mut spec = json!({
+            "osFamily": "kairos",
+            "imageURL": "http://example.com/kairos.iso",
+            "provisioningMode": "PreBakedISO",
+        });
+        merge(&mut spec, extra);
+        spec
+    };
+    let host = |extra: serde_json::Value| {
+        let mut spec = json!({
+            "redfishConnection": { "address": "https://192.0.2.10", "credentialsSecretRef": "bmc" },
+        });
+        merge(&mut spec, extra);
+        spec
+    };
+    let provisioning = |extra: serde_json::Value| {
+        let mut p = json!({
+            "mode": "PreBakedISO",
+            "osFamily": "kairos",
+            "imageURL": "http://example.com/kairos.iso",
+        });
+        merge(&mut p, extra);
+        json!({ "consumerRef": { "name": "node-01" }, "provisioning": p })
+    };
+    let port_message = "controlPlaneEndpoint.port must be between 1 and 65535";
+    let endpoint_immutable = "controlPlaneEndpoint is immutable once set";
+    let config_url =
+        "configURL is required when provisioningMode is RemoteConfig and forbidden otherwise";
+    let provider_id = "providerID is immutable once set";
+    vec![
+        CelCase {
+            kind: "Beskar7Cluster",
+            message: port_message,
+            valid: endpoint("192.0.2.1", 6443),
+            bad: endpoint("192.0.2.1", 0),
+            update: false,
+        },
+        CelCase {
+            kind: "Beskar7Cluster",
+            message: endpoint_immutable,
+            valid: endpoint("192.0.2.1", 6443),
+            bad: endpoint("192.0.2.2", 6443),
+            update: true,
+        },
+        CelCase {
+            kind: "Beskar7ClusterTemplate",
+            message: port_message,
+            valid: template(endpoint("192.0.2.1", 6443)),
+            bad: template(endpoint("192.0.2.1", 70000)),
+            update: false,
+        },
+        CelCase {
+            kind: "Beskar7ClusterTemplate",
+            message: endpoint_immutable,
+            valid: template(endpoint("192.0.2.1", 6443)),
+            bad: template(endpoint("192.0.2.2", 6443)),
+            update: true,
+        },
+        CelCase {
+            kind: "Beskar7Machine",
+            message: config_url,
+            valid: machine(json!({})),
+            bad: machine(json!({ "provisioningMode": "RemoteConfig" })),
+            update: false,
+        },
+        CelCase {
+            kind: "Beskar7Machine",
+            message: provider_id,
+            valid: machine(json!({ "providerID": "beskar7://default/a" })),
+            bad: json!({ "providerID": "beskar7://default/b" }),
+            update: true,
+        },
+        CelCase {
+            kind: "Beskar7MachineTemplate",
+            message: config_url,
+            valid: template(machine(json!({}))),
+            bad: template(machine(json!({ "configURL": "http://example.com/c.yaml" }))),
+            update: false,
+        },
+        CelCase {
+            kind: "Beskar7MachineTemplate",
+            message: provider_id,
+            valid: template(machine(json!({ "providerID": "beskar7://default/a" }))),
+            bad: template(json!({ "providerID": "beskar7://default/b" })),
+            update: true,
+        },
+        CelCase {
+            kind: "PhysicalHost",
+            message: "consumerRef and provisioning must be set together",
+            valid: host(json!({})),
+            bad: host(json!({ "consumerRef": { "name": "node-01" } })),
+            update: false,
+        },
+        CelCase {
+            kind: "PhysicalHost",
+            message: "configURL is required when mode is RemoteConfig and forbidden otherwise",
+            valid: host(provisioning(json!({}))),
+            bad: host(provisioning(json!({ "mode": "RemoteConfig" }))),
+            update: false,
+        },
+        CelCase {
+            kind: "PhysicalHost",
+            message: "bootstrapDataSecretRef is required when mode is BootstrapData",
+            valid: host(provisioning(
+                json!({ "mode": "BootstrapData", "bootstrapDataSecretRef": "data" }),
+            )),
+            bad: host(provisioning(json!({ "mode": "BootstrapData" }))),
+            update: false,
+        },
+        CelCase {
+            kind: "PhysicalHost",
+            message: "caBundleSecretRef and insecureSkipVerify: true exclude each other",
+            valid: host(json!({ "redfishConnection": { "insecureSkipVerify": true } })),
+            bad: host(
+                json!({ "redfishConnection": { "insecureSkipVerify": true, "caBundleSecretRef": "ca" } }),
+            ),
+            update: false,
+        },
+    ]
+}
+
+#[tokio::test]
+async fn every_cel_rule_rejects_a_bad_manifest_with_its_message() {
+    let crds = beskar7_api::crds::all();
+    let cases = cel_cases();
+
+    // Every rule of every CRD has a case, so a new rule without a test fails here.
+    let mut rules: Vec<(String, String)> = Vec::new();
+    for crd in &crds {
+        let schema = serde_json::to_value(&crd.spec.versions).expect("CRD serializes");
+        collect_cel_messages(&schema, &mut |message| {
+            rules.push((crd.spec.names.kind.clone(), message.to_string()));
+        });
+    }
+    rules.sort();
+    rules.dedup();
+    let mut covered: Vec<(String, String)> = cases
+        .iter()
+        .map(|c| (c.kind.to_string(), c.message.to_string()))
+        .collect();
+    covered.sort();
+    covered.dedup();
+    assert!(!rules.is_empty(), "our CRDs have no CEL rules");
+    assert_eq!(
+        rules, covered,
+        "CEL rules (left) and test cases (right) differ"
+    );
+
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    for (index, case) in cases.iter().enumerate() {
+        let crd = crds
+            .iter()
+            .find(|crd| crd.spec.names.kind == case.kind)
+            .expect("case kind is one of our CRDs");
+        let version = &crd.spec.versions[0].name;
+        let gvk = GroupVersionKind::gvk(&crd.spec.group, version, case.kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, &crd.spec.names.plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(cp.client(), "default", &resource);
+        let object = |name: String, spec: &serde_json::Value| {
+            dynamic(
+                &gvk,
+                serde_json::json!({ "metadata": { "name": name }, "spec": spec }),
+            )
+        };
+        let context = format!("case {index} ({} / {})", case.kind, case.message);
+
+        let valid_name = format!("cel-{index}-valid");
+        api.create(
+            &PostParams::default(),
+            &object(valid_name.clone(), &case.valid),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{context}: valid manifest rejected: {e}"));
+        let result = if case.update {
+            let patch = serde_json::json!({ "spec": case.bad });
+            api.patch(&valid_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        } else {
+            api.create(
+                &PostParams::default(),
+                &object(format!("cel-{index}-bad"), &case.bad),
+            )
+            .await
+        };
+        match result {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{context}: {status:?}");
+                assert!(
+                    status.message.contains(case.message),
+                    "{context}: rejected for another reason: {}",
+                    status.message
+                );
+            }
+            Err(e) => panic!("{context}: request failed: {e}"),
+            Ok(_) => panic!("{context}: bad manifest accepted"),
+        }
+    }
+}
+
+/// Calls `found` with the message of every `x-kubernetes-validations` rule in a schema.
+fn collect_cel_messages(value: &serde_json::Value, found: &mut impl FnMut(&str)) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Array(rules)) = map.get("x-kubernetes-validations") {
+                for rule in rules {
+                    found(rule["message"].as_str().unwrap_or("(rule without message)"));
+                }
+            }
+            map.values().for_each(|v| collect_cel_messages(v, found));
+        }
+        serde_json::Value::Array(items) => {
+            items.iter().for_each(|v| collect_cel_messages(v, found))
+        }
+        _ => {}
+    }
+}
+
+/// JSON merge of `extra` into `base` (objects merged recursively, everything else replaced).
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(extra)) => {
+            for (key, value) in extra {
+                merge(base.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (base, extra) => *base = extra,
+    }
+}
+
 /// The CAPI contract as the real CAPI webhooks enforce it: a v1beta2 Cluster referencing a
 /// Beskar7Cluster is accepted (and convertible to v1beta1 through CAPI's conversion webhook),
 /// and an invalid Cluster is denied by CAPI's validating webhook, proving the webhooks are wired.
