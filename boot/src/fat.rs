@@ -87,7 +87,7 @@ fn short_alias(name: &str, n: usize) -> [u8; 11] {
 fn lfn_checksum(short: &[u8; 11]) -> u8 {
     let mut sum: u8 = 0;
     for &b in short {
-        sum = (sum >> 1 | sum << 7).wrapping_add(b);
+        sum = sum.rotate_right(1).wrapping_add(b);
     }
     sum
 }
@@ -106,9 +106,9 @@ fn short_entry(name: &[u8; 11], attr: u8, cluster: u32, size: u32) -> [u8; 32] {
 
 fn lfn_entries(name: &str, short: &[u8; 11]) -> Vec<[u8; 32]> {
     let mut units: Vec<u16> = name.encode_utf16().collect();
-    if units.len() % 13 != 0 {
+    if !units.len().is_multiple_of(13) {
         units.push(0);
-        while units.len() % 13 != 0 {
+        while !units.len().is_multiple_of(13) {
             units.push(0xFFFF);
         }
     }
@@ -300,7 +300,7 @@ pub fn build_fat(label: &str, files: &[VolumeFile]) -> Result<Vec<u8>, VolumeErr
     let mut fat = vec![0u8; fat_sectors * BPS];
     let mut set = |n: u32, v: u16| {
         let off = (n as usize) * 3 / 2;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             fat[off] = v as u8;
             fat[off + 1] = (fat[off + 1] & 0xF0) | ((v >> 8) as u8 & 0x0F);
         } else {

@@ -28,6 +28,11 @@ enum Command {
         #[command(subcommand)]
         command: beskar7_controllers::bmc_probe::BmcCommand,
     },
+    /// Build config volumes and patch ISOs by hand (what the provider serves to machines).
+    Media {
+        #[command(subcommand)]
+        command: beskar7_controllers::media_cmd::MediaCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +48,7 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(code);
             }
         }
+        Command::Media { command } => beskar7_controllers::media_cmd::run(command)?,
     }
     Ok(())
 }
