@@ -227,6 +227,10 @@ pub struct PhysicalHostStatus {
     /// The last error, in words a person can act on. Never carries credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The consumer (`<namespace>/<name>/<uid>`) whose one-time boot was issued. Written before
+    /// the power-on, so a restarted manager resumes waiting instead of power-cycling again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_issued_for: Option<String>,
     /// When the BMC was last read successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated: Option<Time>,
