@@ -797,6 +797,7 @@ fn build_stack(
     stats: Arc<RequestStats>,
 ) -> HttpService {
     let recorder = config.recorder.clone();
+    let stats_for_policy = stats.clone();
     let counting = tower::service_fn(move |req: reqwest::Request| {
         let http = http.clone();
         let stats = stats.clone();
@@ -817,6 +818,7 @@ fn build_stack(
         }
     });
     let policy = RetryPolicy {
+        stats: stats_for_policy,
         attempt: 0,
         max_retries: config.max_retries,
         base: config.backoff_base,
@@ -833,6 +835,7 @@ fn build_stack(
 
 #[derive(Clone)]
 struct RetryPolicy {
+    stats: Arc<RequestStats>,
     attempt: u32,
     max_retries: u32,
     base: Duration,
@@ -899,6 +902,7 @@ impl tower::retry::Policy<reqwest::Request, reqwest::Response, BoxError> for Ret
             }
         };
         self.attempt += 1;
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             attempt = self.attempt,
             ?delay,
@@ -1010,6 +1014,7 @@ mod tests {
     #[test]
     fn backoff_is_bounded_and_jittered() {
         let p = RetryPolicy {
+            stats: Arc::default(),
             attempt: 3,
             max_retries: 5,
             base: Duration::from_millis(100),

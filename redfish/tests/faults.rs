@@ -374,17 +374,53 @@ async fn unreachable_bmc() {
 
 #[tokio::test]
 async fn request_counts_for_a_provisioning_sequence() {
-    let srv = Server::mockup(MOCK, None).await;
+    // A generic BMC (DMTF rackmount) whose slots are empty: what one provisioning costs.
+    let srv = Server::mockup(
+        MOCK,
+        Some(Arc::new(|r, s: &Server| {
+            if r.method == "GET"
+                && r.path
+                    .starts_with("/redfish/v1/Systems/437XR1138R2/VirtualMedia/")
+            {
+                let mut v = s.resource(&r.path).unwrap();
+                v["Inserted"] = json!(false);
+                v["Image"] = json!(null);
+                return Some(Reply::json(200, &v));
+            }
+            None
+        })),
+    )
+    .await;
     let c = srv.client();
+    let mut counts = Vec::new();
+    let mut last = 0;
+    let mut step = |name: &str, c: &beskar7_redfish::Client| {
+        let now = c.stats().total();
+        counts.push((name.to_string(), now - last));
+        last = now;
+    };
     let d = c.discover(None).await.unwrap();
-    let discovery = c.stats().total();
+    step("discovery (login included)", &c);
     let boot = d.boot_slot().unwrap().path.clone();
+    let (cfg, _) = d.config_slot().unwrap();
+    let cfg = cfg.path.clone();
+    c.eject_media(&boot).await.unwrap();
+    c.eject_media(&cfg).await.unwrap();
+    step("eject stale media (2 slots, empty)", &c);
     c.insert_media(&boot, "http://x/boot.iso").await.unwrap();
+    step("insert boot ISO", &c);
+    c.insert_media(&cfg, "http://x/cidata.iso").await.unwrap();
+    step("insert config volume", &c);
     c.set_boot_once_cd(&d, Some(beskar7_redfish::BootMode::Uefi))
         .await
         .unwrap();
+    step("boot override", &c);
     c.set_power(&d, PowerAction::Restart).await.unwrap();
+    step("power on / restart", &c);
+    c.power_state(&d).await.unwrap();
+    step("one power-state poll", &c);
     c.logout().await.unwrap();
+    step("logout", &c);
     let total = c.stats().total();
     assert_eq!(
         total,
@@ -392,5 +428,10 @@ async fn request_counts_for_a_provisioning_sequence() {
         "{:?}",
         paths(&srv.requests())
     );
-    println!("discovery: {discovery} requests, whole sequence: {total}");
+    for (name, n) in &counts {
+        println!("{n:>3}  {name}");
+    }
+    println!("{total:>3}  total");
+    let got: Vec<u64> = counts.iter().map(|(_, n)| *n).collect();
+    assert_eq!(got, vec![8, 2, 2, 2, 2, 2, 1, 1], "{counts:?}");
 }
