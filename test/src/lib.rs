@@ -20,7 +20,7 @@ pub use control_plane::{ControlPlane, ControlPlaneBuilder, install_crypto_provid
 pub use testbin::Testbin;
 
 /// Why a [`ControlPlane`] could not be started.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum ControlPlaneError {
     #[error(
         "test binaries not found ({missing} is missing): run `make testbin` (hack/testbin.sh) \
@@ -49,14 +49,20 @@ pub enum ControlPlaneError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{name} exited during startup ({status}); last lines of {log}:\n{log_tail}")]
+    #[error(
+        "{name} exited during startup ({status}); last lines of {log} (removed on drop unless \
+         BESKAR7_KEEP_TEST_DIRS is set):\n{log_tail}"
+    )]
     ProcessExited {
         name: String,
         status: String,
         log: PathBuf,
         log_tail: String,
     },
-    #[error("{name} not ready after {timeout:?}; last lines of {log}:\n{log_tail}")]
+    #[error(
+        "{name} not ready after {timeout:?}; last lines of {log} (removed on drop unless \
+         BESKAR7_KEEP_TEST_DIRS is set):\n{log_tail}"
+    )]
     NotReady {
         name: String,
         timeout: Duration,
@@ -98,4 +104,19 @@ pub enum ControlPlaneError {
         #[source]
         source: kube::Error,
     },
+}
+
+/// Tests call `.expect(...)` on [`ControlPlane::start`], which prints `Debug`: show the message
+/// (with its remedy, e.g. "run `make testbin`") and the chain of causes instead of the variant's
+/// fields.
+impl std::fmt::Debug for ControlPlaneError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
