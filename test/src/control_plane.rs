@@ -148,6 +148,18 @@ impl ControlPlane {
         &self.testbin
     }
 
+    /// `clusterctl` of the pinned CAPI release, set up for this control plane: `KUBECONFIG` points
+    /// at it, the version check (which would call GitHub) is off, and its config dir is inside
+    /// the temp dir rather than in `$HOME`.
+    pub fn clusterctl(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(self.testbin.binary("clusterctl"));
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("CLUSTERCTL_DISABLE_VERSIONCHECK", "true")
+            .env("XDG_CONFIG_HOME", self.running.dir().join("xdg-config"));
+        command
+    }
+
     /// Directory with this control plane's logs (`logs/<process>.log`), certs and etcd data.
     pub fn dir(&self) -> &Path {
         self.running.dir()

@@ -401,6 +401,23 @@ async fn capi_webhooks_accept_cluster_referencing_beskar7_cluster_and_reject_inv
         "v1beta1 view was not converted by CAPI: {old_ref}"
     );
 
+    // clusterctl of the same release reads the Cluster and, through the contract label on our
+    // CRD, resolves its infrastructureRef to the Beskar7Cluster.
+    let output = cp
+        .clusterctl()
+        .args(["describe", "cluster", "lab", "--namespace", "default"])
+        .output()
+        .expect("clusterctl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success()
+            && stdout.contains("Cluster default/lab")
+            && stdout.contains("Beskar7Cluster default/lab"),
+        "clusterctl describe failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
     // The CRD schema accepts any string up to 43 characters as a CIDR block: only the
     // validating webhook parses it, so this rejection can only come from the webhook.
     let mut invalid = cluster.clone();
