@@ -1,0 +1,314 @@
+//! Beskar7Machine controller: the CAPI InfraMachine. Never talks to a BMC: it claims a
+//! PhysicalHost (one optimistic-concurrency update of `consumerRef` + `provisioning`), then
+//! mirrors the host's progress into the v1beta2 contract fields.
+
+use std::sync::Arc;
+
+use beskar7_api::common::failure_domain_of;
+use beskar7_api::{
+    Beskar7Machine, Beskar7MachineStatus, ConsumerRef, HostReference, HostState, MachineAddress,
+    MachineAddressType, MachineInitialization, PhysicalHost, Provisioning, ProvisioningMode,
+    provider_id,
+};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::capi;
+use crate::conditions::{self, HOST_PROVISIONED, PAUSED, READY};
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+pub const FINALIZER: &str = "beskar7machine.infrastructure.cluster.x-k8s.io";
+pub const FIELD_MANAGER: &str = "beskar7-machine";
+
+fn key(m: &Beskar7Machine) -> String {
+    format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any())
+}
+
+pub async fn reconcile(machine: Arc<Beskar7Machine>, ctx: Arc<Context>) -> Result<Action> {
+    let before = machine.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let generation = machine.metadata.generation;
+    let result = if machine.metadata.deletion_timestamp.is_some() {
+        delete(&machine, &ctx, &mut status).await
+    } else {
+        reconcile_normal(&machine, &ctx, &mut status).await
+    };
+    status.observed_generation = generation;
+    let action = match result {
+        Ok(a) => {
+            ctx.reset_backoff(&key(&machine));
+            a
+        }
+        Err(e) => {
+            warn!(machine = %key(&machine), reason = e.reason(), error = %e, "reconcile failed");
+            ctx.metrics.reconcile_error("beskar7machine", e.reason());
+            conditions::set(&mut status.conditions, READY, false, e.reason(), e.to_string(), generation);
+            Action::requeue(ctx.backoff(&key(&machine), e.is_transient()))
+        }
+    };
+    if status != before && !(machine.metadata.deletion_timestamp.is_some() && !has_finalizer(&machine)) {
+        let api: Api<Beskar7Machine> = Api::namespaced(ctx.client.clone(), &machine.namespace().unwrap_or_default());
+        let patch = json!({"apiVersion": beskar7_api::API_VERSION, "kind": "Beskar7Machine", "status": status});
+        match api.patch_status(&machine.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+            Ok(_) => {}
+            // Deleted meanwhile (finalizer removed): nothing left to report on.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(action)
+}
+
+fn has_finalizer(m: &Beskar7Machine) -> bool {
+    m.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+async fn set_finalizer(m: &Beskar7Machine, ctx: &Context, present: bool) -> Result<()> {
+    let api: Api<Beskar7Machine> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+    let mut finalizers: Vec<String> = m.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    if present {
+        finalizers.push(FINALIZER.to_string());
+    }
+    // Guarded by resourceVersion so a concurrent change is not overwritten.
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": m.resource_version()}});
+    api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+async fn reconcile_normal(m: &Beskar7Machine, ctx: &Context, status: &mut Beskar7MachineStatus) -> Result<Action> {
+    let ns = m.namespace().unwrap_or_default();
+    let generation = m.metadata.generation;
+    let wait = |status: &mut Beskar7MachineStatus, reason: &str, message: &str| {
+        status.phase = Some("Pending".into());
+        conditions::set(&mut status.conditions, READY, false, reason, message, generation);
+    };
+
+    // Read: owner Machine and its Cluster.
+    let Some(owner) = capi::owner_name(&m.metadata, "Machine") else {
+        wait(status, "WaitingForMachineOwner", "waiting for CAPI to set the owner Machine");
+        return Ok(Action::await_change());
+    };
+    let Some(machine_obj) = capi::machines(&ctx.client, &ns).get_opt(&owner).await? else {
+        wait(status, "WaitingForMachineOwner", &format!("owner Machine {owner} not found"));
+        return Ok(Action::requeue(ctx.settings.waiting_requeue));
+    };
+    let machine = capi::Machine::from_object(&machine_obj);
+    let cluster = match &machine.cluster_name {
+        Some(name) => capi::clusters(&ctx.client, &ns).get_opt(name).await?.map(|c| capi::Cluster::from_object(&c)),
+        None => None,
+    };
+    if capi::is_paused(cluster.as_ref(), &m.metadata) {
+        conditions::set(&mut status.conditions, PAUSED, true, "Paused", "the Cluster or this object is paused", generation);
+        return Ok(Action::await_change());
+    }
+    conditions::set(&mut status.conditions, PAUSED, false, "NotPaused", "", generation);
+    let Some(cluster) = cluster else {
+        wait(status, "WaitingForCluster", "waiting for the owner Machine's Cluster");
+        return Ok(Action::requeue(ctx.settings.waiting_requeue));
+    };
+    if !has_finalizer(m) {
+        set_finalizer(m, ctx, true).await?;
+        return Ok(Action::await_change());
+    }
+    if !cluster.infrastructure_provisioned {
+        wait(status, "WaitingForClusterInfrastructure", &format!("Cluster {} infrastructure is not provisioned yet", cluster.name));
+        return Ok(Action::requeue(ctx.settings.waiting_requeue));
+    }
+
+    // Validate: bootstrap data is needed before a host is claimed, except for pre-baked images.
+    let bootstrap_secret = match m.spec.provisioning_mode {
+        ProvisioningMode::BootstrapData => match &machine.bootstrap_data_secret {
+            Some(s) => Some(s.clone()),
+            None => {
+                wait(status, "WaitingForBootstrapData", "waiting for the bootstrap provider to write the Machine's bootstrap data");
+                return Ok(Action::requeue(ctx.settings.waiting_requeue));
+            }
+        },
+        _ => None,
+    };
+
+    // Apply: find our host, or claim one.
+    let hosts: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &ns);
+    let host = match find_claimed_host(m, &hosts).await? {
+        Some(h) => h,
+        None => match claim_host(m, &machine, bootstrap_secret.as_deref(), &hosts).await? {
+            Some(h) => {
+                info!(machine = %key(m), host = %h.name_any(), "claimed host");
+                h
+            }
+            None => {
+                status.phase = Some("WaitingForHost".into());
+                conditions::set(&mut status.conditions, READY, false, "WaitingForHost", "no Available PhysicalHost matches the hostSelector and failure domain", generation);
+                conditions::set(&mut status.conditions, HOST_PROVISIONED, false, "WaitingForHost", "no Available PhysicalHost matches", generation);
+                return Ok(Action::requeue(ctx.settings.waiting_requeue));
+            }
+        },
+    };
+    let host_name = host.name_any();
+    status.host_ref = Some(HostReference { name: host_name.clone(), namespace: Some(ns.clone()) });
+    status.failure_domain = failure_domain_of(host.labels()).map(str::to_string).or(machine.failure_domain.clone());
+
+    // Report: mirror the host.
+    let host_status = host.status.clone().unwrap_or_default();
+    match host_status.state {
+        Some(HostState::Provisioned) => {
+            let id = provider_id(&ns, &host_name);
+            if m.spec.provider_id.as_deref() != Some(id.as_str()) {
+                let api: Api<Beskar7Machine> = Api::namespaced(ctx.client.clone(), &ns);
+                let patch = json!({"spec": {"providerID": id}});
+                api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+            let mut addresses = vec![MachineAddress { type_: MachineAddressType::Hostname, address: machine.name.clone() }];
+            addresses.extend(host_status.addresses.iter().cloned());
+            status.addresses = addresses;
+            status.initialization = Some(MachineInitialization { provisioned: Some(true) });
+            status.ready = Some(true);
+            status.phase = Some("Provisioned".into());
+            conditions::set(&mut status.conditions, HOST_PROVISIONED, true, "Provisioned", format!("PhysicalHost {host_name} is provisioned"), generation);
+            conditions::set(&mut status.conditions, READY, true, "Provisioned", "", generation);
+            Ok(Action::await_change())
+        }
+        Some(HostState::Error) => {
+            let why = host_status.last_error.unwrap_or_else(|| "unknown".into());
+            status.phase = Some("Provisioning".into());
+            conditions::set(&mut status.conditions, HOST_PROVISIONED, false, "HostError", format!("PhysicalHost {host_name}: {why}"), generation);
+            conditions::set(&mut status.conditions, READY, false, "HostError", format!("PhysicalHost {host_name}: {why}"), generation);
+            Ok(Action::await_change())
+        }
+        state => {
+            let state = state.unwrap_or_default();
+            status.phase = Some("Provisioning".into());
+            conditions::set(&mut status.conditions, HOST_PROVISIONED, false, "HostProvisioning", format!("PhysicalHost {host_name} is {state}"), generation);
+            conditions::set(&mut status.conditions, READY, false, "HostProvisioning", format!("PhysicalHost {host_name} is {state}"), generation);
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn is_ours(m: &Beskar7Machine, c: &ConsumerRef) -> bool {
+    c.name == m.name_any() && c.kind.as_deref().is_none_or(|k| k == "Beskar7Machine") && (c.uid.is_none() || c.uid == m.metadata.uid)
+}
+
+/// The host this machine already claimed, found from the hosts themselves (so a claim made
+/// just before a restart is picked up, not repeated).
+async fn find_claimed_host(m: &Beskar7Machine, hosts: &Api<PhysicalHost>) -> Result<Option<PhysicalHost>> {
+    if let Some(r) = m.status.as_ref().and_then(|s| s.host_ref.as_ref())
+        && let Some(h) = hosts.get_opt(&r.name).await?
+        && h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c))
+    {
+        return Ok(Some(h));
+    }
+    Ok(hosts.list(&ListParams::default()).await?.items.into_iter().find(|h| h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c))))
+}
+
+/// Whether `host` can serve `m` (free, matching selector and failure domain).
+pub fn host_fits(m: &Beskar7Machine, failure_domain: Option<&str>, host: &PhysicalHost) -> Result<bool> {
+    let state = host.status.as_ref().and_then(|s| s.state);
+    if state != Some(HostState::Available) || host.spec.consumer_ref.is_some() || host.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    if let Some(sel) = &m.spec.host_selector {
+        let selector = Selector::try_from(sel.clone()).map_err(|e| Error::Invalid(format!("hostSelector: {e}")))?;
+        if !selector.matches(host.labels()) {
+            return Ok(false);
+        }
+    }
+    if let Some(fd) = failure_domain
+        && failure_domain_of(host.labels()) != Some(fd)
+    {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Claims one fitting host with an optimistic update; a conflict means another machine won it,
+/// so the next candidate is tried. `None`: no host is free.
+async fn claim_host(m: &Beskar7Machine, machine: &capi::Machine, bootstrap_secret: Option<&str>, hosts: &Api<PhysicalHost>) -> Result<Option<PhysicalHost>> {
+    let mut candidates = Vec::new();
+    for h in hosts.list(&ListParams::default()).await?.items {
+        if host_fits(m, machine.failure_domain.as_deref(), &h)? {
+            candidates.push(h);
+        }
+    }
+    // Start at a place that depends on the machine, so concurrent claimers spread out.
+    candidates.sort_by_key(|h| h.name_any());
+    if !candidates.is_empty() {
+        let start = m.metadata.uid.as_deref().unwrap_or("").bytes().map(usize::from).sum::<usize>() % candidates.len();
+        candidates.rotate_left(start);
+    }
+    for mut h in candidates {
+        h.spec.consumer_ref = Some(ConsumerRef {
+            api_version: Some(beskar7_api::API_VERSION.into()),
+            kind: Some("Beskar7Machine".into()),
+            name: m.name_any(),
+            namespace: m.namespace(),
+            uid: m.metadata.uid.clone(),
+        });
+        h.spec.provisioning = Some(Provisioning {
+            image_url: m.spec.image_url.clone(),
+            image_checksum: m.spec.image_checksum.clone(),
+            os_family: m.spec.os_family,
+            mode: m.spec.provisioning_mode,
+            config_url: m.spec.config_url.clone(),
+            bootstrap_data_secret_ref: bootstrap_secret.map(str::to_string),
+            boot_mode: m.spec.boot_mode,
+            hostname: Some(machine.name.clone()),
+        });
+        // `replace` sends the resourceVersion we read: the API server refuses it if the host changed.
+        match hosts.replace(&h.name_any(), &PostParams::default(), &h).await {
+            Ok(claimed) => return Ok(Some(claimed)),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
+/// Releases the host and waits until it is Available again, then lets the object go.
+async fn delete(m: &Beskar7Machine, ctx: &Context, status: &mut Beskar7MachineStatus) -> Result<Action> {
+    if !has_finalizer(m) {
+        return Ok(Action::await_change());
+    }
+    let ns = m.namespace().unwrap_or_default();
+    let generation = m.metadata.generation;
+    let hosts: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &ns);
+    status.phase = Some("Deleting".into());
+    if let Some(mut host) = find_claimed_host(m, &hosts).await? {
+        host.spec.consumer_ref = None;
+        host.spec.provisioning = None;
+        match hosts.replace(&host.name_any(), &PostParams::default(), &host).await {
+            Ok(_) => {}
+            // Changed meanwhile: the next pass reads it again.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        conditions::set(&mut status.conditions, READY, false, "Deleting", format!("releasing PhysicalHost {}", host.name_any()), generation);
+        return Ok(Action::requeue(ctx.settings.host_poll));
+    }
+    if let Some(r) = status.host_ref.as_ref()
+        && let Some(h) = hosts.get_opt(&r.name).await?
+        && h.spec.consumer_ref.is_none()
+        && !matches!(h.status.as_ref().and_then(|s| s.state), Some(HostState::Available | HostState::Error))
+    {
+        conditions::set(&mut status.conditions, READY, false, "Deleting", format!("waiting for PhysicalHost {} to power off and eject media", r.name), generation);
+        return Ok(Action::requeue(ctx.settings.host_poll));
+    }
+    set_finalizer(m, ctx, false).await?;
+    info!(machine = %key(m), "released host, finalizer removed");
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(m: Arc<Beskar7Machine>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(machine = %key(&m), error = %err, "reconcile error");
+    Action::requeue(ctx.backoff(&key(&m), err.is_transient()))
+}
+
+/// Object reference of a machine, for events.
+pub fn reference(m: &Beskar7Machine) -> k8s_openapi::api::core::v1::ObjectReference {
+    m.object_ref(&())
+}

@@ -1,0 +1,6 @@
+//! The reconcilers, one module per kind.
+
+pub mod cluster;
+pub mod host;
+pub mod machine;
+pub mod template;

@@ -1,0 +1,372 @@
+//! `beskar7 manager`: runs the controllers, the artifact server, probes and metrics.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use beskar7_api::{Beskar7Cluster, Beskar7Machine, Beskar7MachineTemplate, PhysicalHost};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tracing::{error, info};
+
+use crate::artifacts::{ArtifactServerArgs, ArtifactStore};
+use crate::capi;
+use crate::context::{BmcPool, Context, Settings};
+use crate::controllers::{cluster, host, machine, template};
+use crate::error::Error;
+use crate::leader;
+use crate::metrics::Metrics;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ManagerArgs {
+    /// Kubeconfig to use; in-cluster config or $KUBECONFIG when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Only watch this namespace (all namespaces when absent).
+    #[arg(long, env = "BESKAR7_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Only reconcile objects labelled `cluster.x-k8s.io/watch-filter=<value>`.
+    #[arg(long, env = "BESKAR7_WATCH_FILTER")]
+    pub watch_filter: Option<String>,
+    /// Elect a leader through a Lease so only one replica reconciles.
+    #[arg(long, env = "BESKAR7_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease (the pod's namespace by default).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "beskar7-system")]
+    pub leader_election_namespace: String,
+    #[arg(long, default_value = "beskar7-manager-leader")]
+    pub leader_election_id: String,
+    /// Seconds a leader's Lease is valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub leader_lease_seconds: u64,
+    /// Prometheus metrics listen address (`0` disables).
+    #[arg(long, env = "BESKAR7_METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_bind_address: String,
+    /// Health (`/healthz`) and readiness (`/readyz`) probe listen address.
+    #[arg(long, env = "BESKAR7_HEALTH_PROBE_BIND_ADDRESS", default_value = "0.0.0.0:8081")]
+    pub health_probe_bind_address: SocketAddr,
+    /// Concurrent reconciles per controller.
+    #[arg(long, env = "BESKAR7_CONCURRENCY", default_value_t = 10)]
+    pub concurrency: u16,
+    /// Requests in flight to one BMC at once.
+    #[arg(long, env = "BESKAR7_BMC_CONCURRENCY", default_value_t = 4)]
+    pub bmc_concurrency: usize,
+    /// File holding the key that derives artifact URL tokens (keep it across restarts so BMCs'
+    /// URLs stay valid). A random key is used when absent.
+    #[arg(long, env = "BESKAR7_ARTIFACT_TOKEN_KEY_FILE")]
+    pub artifact_token_key_file: Option<PathBuf>,
+    /// Seconds between re-reads of an idle host's power state and inventory.
+    #[arg(long, default_value_t = 120)]
+    pub host_refresh_seconds: u64,
+    #[command(flatten)]
+    pub artifacts: ArtifactServerArgs,
+}
+
+#[derive(Clone)]
+struct Probes {
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    hosts: Arc<std::sync::OnceLock<Store<PhysicalHost>>>,
+}
+
+fn token_key(path: Option<&PathBuf>) -> anyhow::Result<ring::hmac::Key> {
+    let bytes = match path {
+        Some(p) => {
+            let b = std::fs::read(p).map_err(|e| anyhow::anyhow!("artifact token key file {}: {e}", p.display()))?;
+            anyhow::ensure!(b.len() >= 16, "artifact token key file {} holds fewer than 16 bytes", p.display());
+            b
+        }
+        None => {
+            use ring::rand::SecureRandom;
+            let mut b = vec![0u8; 32];
+            ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| anyhow::anyhow!("OS random number generator failed"))?;
+            tracing::warn!("no --artifact-token-key-file: artifact URLs change when the manager restarts");
+            b
+        }
+    };
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+}
+
+pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let client = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            kube::Client::try_from(config)?
+        }
+        None => kube::Client::try_default().await?,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let probes = Probes { ready: Arc::new(AtomicBool::new(false)), metrics: metrics.clone(), hosts: Default::default() };
+    let shutdown = tokio_util_shutdown();
+
+    // Probes and metrics answer from the start: liveness before leadership.
+    spawn_http(args.health_probe_bind_address, probe_router(probes.clone()), "health probes").await?;
+    if args.metrics_bind_address != "0" {
+        let addr: SocketAddr = args.metrics_bind_address.parse()?;
+        spawn_http(addr, metrics_router(probes.clone()), "metrics").await?;
+    }
+
+    let artifact_config = args.artifacts.clone().into_config();
+    let store = ArtifactStore::new(&artifact_config)?;
+    {
+        let store = store.clone();
+        let bind = artifact_config.bind_address;
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        info!(%bind, base = %artifact_config.external_base_url, "artifact server listening");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, crate::artifacts::router(store)).await {
+                error!(error = %e, "artifact server stopped");
+            }
+        });
+    }
+
+    let mut lease = None;
+    if args.leader_elect {
+        let l = leader::Lease::acquire(client.clone(), &args.leader_election_namespace, &args.leader_election_id, Duration::from_secs(args.leader_lease_seconds)).await?;
+        lease = Some(l);
+    }
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings: Settings {
+            host_refresh: Duration::from_secs(args.host_refresh_seconds),
+            bmc_concurrency: args.bmc_concurrency,
+            watch_filter: args.watch_filter.clone(),
+            ..Settings::default()
+        },
+        artifacts: store,
+        token_key: token_key(args.artifact_token_key_file.as_ref())?,
+        bmcs: BmcPool::default(),
+        reporter: Reporter { controller: "beskar7".into(), instance: std::env::var("POD_NAME").ok() },
+        metrics: metrics.clone(),
+        failures: Default::default(),
+    });
+
+    let api = |_: ()| args.namespace.clone();
+    let filtered = || match &args.watch_filter {
+        Some(v) => watcher::Config::default().labels(&format!("{}={v}", capi::WATCH_FILTER_LABEL)),
+        None => watcher::Config::default(),
+    };
+    fn namespaced<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = api(());
+    let dyn_api = |kind: &str| match &ns {
+        Some(n) => Api::<DynamicObject>::namespaced_with(client.clone(), n, &capi::resource(kind)),
+        None => Api::<DynamicObject>::all_with(client.clone(), &capi::resource(kind)),
+    };
+    let config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
+
+    // PhysicalHost: woken by its credentials / CA Secrets.
+    let host_ctrl = Controller::new(namespaced::<PhysicalHost>(&client, &ns), watcher::Config::default()).with_config(config.clone());
+    let host_store = host_ctrl.store();
+    let _ = probes.hosts.set(host_store.clone());
+    let hosts_for_secret = host_store.clone();
+    let host_ctrl = host_ctrl
+        .watches(namespaced::<Secret>(&client, &ns), watcher::Config::default(), move |secret: Secret| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            hosts_for_secret
+                .state()
+                .into_iter()
+                .filter(|h| h.namespace() == ns && (h.spec.redfish_connection.credentials_secret_ref == name || h.spec.redfish_connection.ca_bundle_secret_ref.as_deref() == Some(name.as_str())))
+                .map(|h| ObjectRef::from_obj(&*h))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.clone().wait())
+        .run(timed(host::reconcile, "physicalhost"), host::error_policy, ctx.clone());
+
+    // Beskar7Machine: woken by its host, its CAPI Machine, and its Cluster.
+    let machine_ctrl = Controller::new(namespaced::<Beskar7Machine>(&client, &ns), filtered()).with_config(config.clone());
+    let machine_store = machine_ctrl.store();
+    let machines_for_cluster = machine_store.clone();
+    let machine_ctrl = machine_ctrl
+        .watches(namespaced::<PhysicalHost>(&client, &ns), watcher::Config::default(), |h: PhysicalHost| {
+            h.spec.consumer_ref.as_ref().filter(|c| c.kind.as_deref().is_none_or(|k| k == "Beskar7Machine")).map(|c| {
+                ObjectRef::<Beskar7Machine>::new(&c.name).within(&c.namespace.clone().or_else(|| h.namespace()).unwrap_or_default())
+            })
+        })
+        .watches_with(dyn_api("Machine"), capi::resource("Machine"), filtered(), |m: DynamicObject| infra_ref::<Beskar7Machine>(&m, "Beskar7Machine"))
+        .watches_with(dyn_api("Cluster"), capi::resource("Cluster"), filtered(), move |c: DynamicObject| {
+            let (ns, name) = (c.namespace(), c.name_any());
+            machines_for_cluster
+                .state()
+                .into_iter()
+                .filter(|m| m.namespace() == ns && m.labels().get(capi::CLUSTER_NAME_LABEL) == Some(&name))
+                .map(|m| ObjectRef::from_obj(&*m))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.clone().wait())
+        .run(timed(machine::reconcile, "beskar7machine"), machine::error_policy, ctx.clone());
+
+    // Beskar7Cluster: woken by its CAPI Cluster and by hosts (their zones are failure domains).
+    let cluster_ctrl = Controller::new(namespaced::<Beskar7Cluster>(&client, &ns), filtered()).with_config(config.clone());
+    let clusters = cluster_ctrl.store();
+    let cluster_ctrl = cluster_ctrl
+        .watches_with(dyn_api("Cluster"), capi::resource("Cluster"), filtered(), |c: DynamicObject| infra_ref::<Beskar7Cluster>(&c, "Beskar7Cluster"))
+        .watches(namespaced::<PhysicalHost>(&client, &ns), watcher::Config::default(), move |h: PhysicalHost| same_namespace(&clusters, h.namespace()))
+        .graceful_shutdown_on(shutdown.clone().wait())
+        .run(timed(cluster::reconcile, "beskar7cluster"), cluster::error_policy, ctx.clone());
+
+    // Beskar7MachineTemplate: woken by hosts in its namespace.
+    let template_ctrl = Controller::new(namespaced::<Beskar7MachineTemplate>(&client, &ns), filtered()).with_config(config);
+    let templates = template_ctrl.store();
+    let template_ctrl = template_ctrl
+        .watches(namespaced::<PhysicalHost>(&client, &ns), watcher::Config::default(), move |h: PhysicalHost| same_namespace(&templates, h.namespace()))
+        .graceful_shutdown_on(shutdown.clone().wait())
+        .run(timed(template::reconcile, "beskar7machinetemplate"), template::error_policy, ctx.clone());
+
+    probes.ready.store(true, Ordering::SeqCst);
+    info!(elapsed_ms = started.elapsed().as_millis() as u64, "manager ready");
+
+    let drain = |s: futures::stream::BoxStream<'static, ()>| s;
+    let all = futures::stream::select_all([
+        drain(host_ctrl.map(|_| ()).boxed()),
+        drain(machine_ctrl.map(|_| ()).boxed()),
+        drain(cluster_ctrl.map(|_| ()).boxed()),
+        drain(template_ctrl.map(|_| ()).boxed()),
+    ]);
+    let lost = async {
+        match &lease {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = all.collect::<Vec<_>>() => info!("controllers stopped"),
+        _ = lost => {
+            error!("lost the leader-election lease: exiting so another replica takes over");
+            ctx.bmcs.logout_all().await;
+            std::process::exit(1);
+        }
+    }
+    // Graceful: in-flight reconciles finished; end BMC sessions, give the lease up.
+    ctx.bmcs.logout_all().await;
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    Ok(())
+}
+
+/// Wraps a reconcile with duration and result metrics.
+fn timed<K, F, Fut>(f: F, name: &'static str) -> impl Fn(Arc<K>, Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
+where
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + 'static + Copy,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+    K: Send + Sync + 'static,
+{
+    move |obj, ctx| {
+        let metrics = ctx.metrics.clone();
+        Box::pin(async move {
+            let start = Instant::now();
+            let r = f(obj, ctx).await;
+            metrics.reconciled(name, r.is_ok(), start.elapsed());
+            r
+        })
+    }
+}
+
+fn infra_ref<K>(obj: &DynamicObject, kind: &str) -> Option<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let r = obj.data.get("spec")?.get("infrastructureRef")?;
+    if r.get("kind")?.as_str()? != kind {
+        return None;
+    }
+    Some(ObjectRef::new(r.get("name")?.as_str()?).within(&obj.namespace().unwrap_or_default()))
+}
+
+fn same_namespace<K>(store: &Store<K>, ns: Option<String>) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.state().into_iter().filter(|o| o.namespace() == ns).map(|o| ObjectRef::from_obj(&*o)).collect()
+}
+
+async fn spawn_http(addr: SocketAddr, router: Router, what: &'static str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("{what} on {addr}: {e}"))?;
+    info!(%addr, "{what} listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            error!(error = %e, "{what} server stopped");
+        }
+    });
+    Ok(())
+}
+
+fn probe_router(p: Probes) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(p): State<Probes>| async move {
+                if p.ready.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+            }),
+        )
+        .with_state(p)
+}
+
+fn metrics_router(p: Probes) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(p): State<Probes>| async move {
+                let mut by_state = BTreeMap::new();
+                if let Some(store) = p.hosts.get() {
+                    for h in store.state() {
+                        let s = h.status.as_ref().and_then(|s| s.state).unwrap_or_default();
+                        *by_state.entry(s.as_str().to_string()).or_insert(0u64) += 1;
+                    }
+                }
+                p.metrics.render(&by_state)
+            }),
+        )
+        .with_state(p)
+}
+
+/// A shutdown signal (SIGTERM or Ctrl-C) that many futures can wait on.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|v| *v).await;
+    }
+}
+
+fn tokio_util_shutdown() -> Shutdown {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("shutdown requested: finishing in-flight reconciles");
+        let _ = tx.send(true);
+    });
+    Shutdown(rx)
+}
