@@ -6,6 +6,7 @@
 //! - [`patch`]: appending kernel arguments to the bootloader configs of an ISO, described as the
 //!   source bytes plus replaced ranges, readable at any offset.
 
+pub mod eltorito;
 pub mod fat;
 pub mod iso9660;
 pub mod kargs;

@@ -11,11 +11,14 @@
 //!
 //! The old extents stay in place, unreferenced. Path tables do not change (no directory moves).
 //!
-//! El Torito boot images are not modified. A UEFI boot of a GRUB-based ISO runs the GRUB inside
-//! the El Torito EFI image (`efi.img`); the ones built by `grub-mkrescue` and by distributions
-//! (Kairos, Talos, Leap Micro) carry only an embedded config that searches the ISO file system
-//! (`search --fs-uuid`/`--file`) and loads `grub.cfg` from it, so they read the patched file. The
-//! GRUB file-system UUID of an ISO comes from the descriptor dates, which are not changed.
+//! El Torito EFI images: a UEFI boot of a GRUB-based ISO runs the GRUB inside the El Torito EFI
+//! image (`efi.img`). The ones built by `grub-mkrescue` (checked by a test) and by the
+//! distributions carry only `bootx64.efi` with an embedded config that searches the ISO file
+//! system (`search --fs-uuid`/`--file`) and loads `grub.cfg` from it, so they read the patched
+//! file. The GRUB file-system UUID of an ISO comes from the descriptor dates, which are not
+//! changed. Should an EFI image carry its own `grub.cfg` with kernel lines, it is patched in place
+//! inside the FAT image ([`crate::eltorito`]), or reported in [`IsoPatch::warnings`] when the
+//! longer file does not fit its clusters.
 //! An HFS+ hybrid tree (grub-mkrescue adds one for Macs) is not updated.
 
 use std::collections::{BTreeMap, HashSet};
@@ -81,6 +84,7 @@ pub struct IsoPatch {
     /// Bytes after the end of the source.
     tail: Vec<u8>,
     configs: Vec<ConfigFound>,
+    warnings: Vec<String>,
 }
 
 impl IsoPatch {
@@ -106,6 +110,11 @@ impl IsoPatch {
     /// The bootloader configs found and whether they were rewritten.
     pub fn configs(&self) -> &[ConfigFound] {
         &self.configs
+    }
+
+    /// Problems that did not stop the patch (e.g. an EFI image's own grub.cfg that could not be rewritten).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Fills `buf` with the patched image from `offset` (clamped to the end). Returns bytes read.
@@ -234,8 +243,9 @@ fn read_vec(src: &dyn ReadAt, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(v)
 }
 
-fn descriptors(src: &dyn ReadAt, len: u64) -> Result<Vec<Descriptor>, PatchError> {
+fn descriptors(src: &dyn ReadAt, len: u64) -> Result<(Vec<Descriptor>, Option<u64>), PatchError> {
     let mut out = Vec::new();
+    let mut boot_record = None;
     let mut found_primary = false;
     for i in 0..MAX_DESCRIPTORS {
         let off = (16 + i) * SECTOR_U64;
@@ -254,6 +264,9 @@ fn descriptors(src: &dyn ReadAt, len: u64) -> Result<Vec<Descriptor>, PatchError
         let ty = d[0];
         if ty == 255 {
             break;
+        }
+        if ty == 0 && boot_record.is_none() {
+            boot_record = Some(off);
         }
         if ty != 1 && ty != 2 {
             continue;
@@ -281,7 +294,7 @@ fn descriptors(src: &dyn ReadAt, len: u64) -> Result<Vec<Descriptor>, PatchError
     if !found_primary {
         return Err(PatchError::NotIso("no primary volume descriptor".into()));
     }
-    Ok(out)
+    Ok((out, boot_record))
 }
 
 /// Parses SUSP entries of a record's system-use area, following `CE` continuations, and returns
@@ -478,7 +491,7 @@ pub fn patch_iso(src: &dyn ReadAt, args: &[String]) -> Result<IsoPatch, PatchErr
         return Err(PatchError::NoArgs);
     }
     let len = src.size()?;
-    let descs = descriptors(src, len)?;
+    let (descs, boot_record) = descriptors(src, len)?;
     let mut budget = MAX_DIR_BYTES;
     let mut records: Vec<(TreeKind, Record)> = Vec::new();
     for d in &descs {
@@ -500,7 +513,8 @@ pub fn patch_iso(src: &dyn ReadAt, args: &[String]) -> Result<IsoPatch, PatchErr
             }
         }
     }
-    if candidates.is_empty() {
+    let efi = crate::eltorito::patch_efi_images(src, len, boot_record, args)?;
+    if candidates.is_empty() && efi.is_empty() {
         return Err(PatchError::NoBootloaderConfig);
     }
     let base = len.div_ceil(SECTOR_U64) * SECTOR_U64;
@@ -532,18 +546,33 @@ pub fn patch_iso(src: &dyn ReadAt, args: &[String]) -> Result<IsoPatch, PatchErr
             rewritten,
         });
     }
+    let mut warnings = Vec::new();
+    let mut efi_replaced = Vec::new();
+    for e in efi {
+        total_kernel_lines += e.kernel_lines;
+        configs.push(ConfigFound {
+            path: e.path,
+            kind: ConfigKind::Grub,
+            kernel_lines: e.kernel_lines,
+            rewritten: e.rewritten,
+        });
+        warnings.extend(e.warning);
+        efi_replaced.extend(e.replaced);
+    }
     configs.sort_by(|a, b| a.path.cmp(&b.path));
     if total_kernel_lines == 0 {
         let names: Vec<&str> = configs.iter().map(|c| c.path.as_str()).collect();
         return Err(PatchError::NoKernelLines(names.join(", ")));
     }
     if moved.is_empty() {
+        efi_replaced.sort_by_key(|(o, _)| *o);
         return Ok(IsoPatch {
             source_len: len,
             len,
-            replaced: Vec::new(),
+            replaced: efi_replaced,
             tail: Vec::new(),
             configs,
+            warnings,
         });
     }
     let new_len = len + tail.len() as u64;
@@ -563,9 +592,11 @@ pub fn patch_iso(src: &dyn ReadAt, args: &[String]) -> Result<IsoPatch, PatchErr
             replaced.push((r.offset + 2, v));
         }
     }
+    replaced.extend(efi_replaced);
     replaced.sort_by_key(|(o, _)| *o);
     replaced.dedup_by_key(|(o, _)| *o);
     Ok(IsoPatch {
+        warnings,
         source_len: len,
         len: new_len,
         replaced,

@@ -525,3 +525,142 @@ fn grub_mkrescue_efi_image_defers_to_the_iso_grub_cfg() {
         "EFI image carries its own grub.cfg: {listing}"
     );
 }
+
+#[test]
+fn grub_cfg_inside_the_el_torito_efi_image_is_patched_in_place() {
+    let t = TempDir::new("efiimg");
+    let d = t.join("root");
+    payload(&d);
+    write(&d, "boot/grub/grub.cfg", GRUB_CFG);
+    // an EFI image (FAT12, 512-byte clusters) with its own grub.cfg, as some distributions ship
+    let efi = d.join("efi.img");
+    run(Command::new(tool("mkfs.vfat", "dosfstools"))
+        .args(["-C", "-n", "EFIBOOT", "-S", "512", "-s", "1"])
+        .arg(&efi)
+        .arg("1440"));
+    let mt = |args: &[&str]| {
+        let mut c = Command::new(tool(args[0], "mtools"));
+        c.args(["-i"])
+            .arg(&efi)
+            .args(&args[1..])
+            .env("MTOOLS_SKIP_CHECK", "1");
+        run(&mut c);
+    };
+    mt(&["mmd", "::/EFI", "::/EFI/BOOT", "::/big"]);
+    let small = t.join("grub.cfg");
+    std::fs::write(
+        &small,
+        "menuentry a {\n linuxefi /boot/vmlinuz quiet\n initrdefi /boot/initrd\n}\n",
+    )
+    .unwrap();
+    mt(&["mcopy", small.to_str().unwrap(), "::/EFI/BOOT/grub.cfg"]);
+    // exactly two clusters: the patched file would not fit
+    let mut full = "menuentry b {\n linux /boot/vmlinuz\n}\n".to_string();
+    full.push_str(&"#".repeat(1023 - full.len()));
+    full.push('\n');
+    assert_eq!(full.len(), 1024);
+    let big = t.join("big.cfg");
+    std::fs::write(&big, &full).unwrap();
+    mt(&["mcopy", big.to_str().unwrap(), "::/big/grub.cfg"]);
+    let bootx = t.join("BOOTX64.EFI");
+    std::fs::write(&bootx, vec![0x4du8; 3000]).unwrap();
+    mt(&["mcopy", bootx.to_str().unwrap(), "::/EFI/BOOT/BOOTX64.EFI"]);
+    let iso = t.join("efi.iso");
+    mkisofs(&d, &iso, &["-R", "-J", "-e", "efi.img", "-no-emul-boot"]);
+
+    let patched = PatchedIso::open(std::fs::File::open(&iso).unwrap(), &args()).unwrap();
+    let cfgs = patched.patch().configs();
+    let efi_cfg = cfgs
+        .iter()
+        .find(|c| c.path.ends_with("]/EFI/BOOT/grub.cfg"))
+        .unwrap_or_else(|| panic!("{cfgs:?}"));
+    assert!(efi_cfg.rewritten && efi_cfg.kernel_lines == 1);
+    let big_cfg = cfgs
+        .iter()
+        .find(|c| c.path.ends_with("]/big/grub.cfg"))
+        .unwrap();
+    assert!(!big_cfg.rewritten);
+    assert_eq!(patched.patch().warnings().len(), 1);
+    assert!(
+        patched.patch().warnings()[0].contains("/big/grub.cfg")
+            && patched.patch().warnings()[0].contains("does not fit")
+    );
+    let out = t.join("patched.iso");
+    let mut f = std::fs::File::create(&out).unwrap();
+    patched.write_to(&mut f).unwrap();
+    drop(f);
+
+    let bi = t.join("bi");
+    std::fs::create_dir(&bi).unwrap();
+    run(Command::new(tool("xorriso", "xorriso"))
+        .args(["-osirrox", "on", "-indev"])
+        .arg(&out)
+        .args(["-extract_boot_images"])
+        .arg(format!("{}/", bi.display())));
+    let img = std::fs::read_dir(&bi)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("uefi"))
+        .expect("UEFI boot image");
+    run(Command::new(tool("fsck.fat", "dosfstools"))
+        .args(["-n"])
+        .arg(&img));
+    let got = run(Command::new(tool("mcopy", "mtools"))
+        .args(["-n", "-i"])
+        .arg(&img)
+        .args(["::/EFI/BOOT/grub.cfg", "-"])
+        .env("MTOOLS_SKIP_CHECK", "1"))
+    .stdout;
+    let want = append_kernel_args(ConfigKind::Grub, &std::fs::read(&small).unwrap(), &args()).data;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want)
+    );
+    assert_kernel_lines_carry_min("efi", &String::from_utf8_lossy(&got), &args());
+    let got_big = run(Command::new(tool("mcopy", "mtools"))
+        .args(["-n", "-i"])
+        .arg(&img)
+        .args(["::/big/grub.cfg", "-"])
+        .env("MTOOLS_SKIP_CHECK", "1"))
+    .stdout;
+    assert_eq!(got_big, full.as_bytes());
+    let got_boot = run(Command::new(tool("mcopy", "mtools"))
+        .args(["-n", "-i"])
+        .arg(&img)
+        .args(["::/EFI/BOOT/BOOTX64.EFI", "-"])
+        .env("MTOOLS_SKIP_CHECK", "1"))
+    .stdout;
+    assert_eq!(got_boot, std::fs::read(&bootx).unwrap());
+    // the ISO tree's grub.cfg is patched as well, and a second patch is the identity
+    let a = t.join("x");
+    xorriso_extract(&out, &a);
+    assert_kernel_lines_carry(
+        "efi",
+        "boot/grub/grub.cfg",
+        ConfigKind::Grub,
+        &std::fs::read_to_string(a.join("boot/grub/grub.cfg")).unwrap(),
+        &args(),
+    );
+    assert!(
+        patch_iso(&std::fs::read(&out).unwrap(), &args())
+            .unwrap()
+            .is_identity()
+    );
+}
+
+fn assert_kernel_lines_carry_min(case: &str, text: &str, args: &[String]) {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("linux"))
+        .collect();
+    assert!(!lines.is_empty(), "{case}: no kernel line");
+    for l in lines {
+        for a in args {
+            assert_eq!(
+                l.split_whitespace().filter(|w| *w == a).count(),
+                1,
+                "{case}: {l}"
+            );
+        }
+    }
+}

@@ -145,6 +145,9 @@ pub fn patch_iso(a: PatchIsoArgs) -> anyhow::Result<()> {
             }
         );
     }
+    for w in patched.patch().warnings() {
+        eprintln!("warning: {w}");
+    }
     eprintln!("wrote {} ({} bytes)", a.output.display(), patched.len());
     Ok(())
 }

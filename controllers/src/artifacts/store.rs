@@ -377,6 +377,9 @@ impl ArtifactStore {
                 url: src.url.clone(),
                 reason: e.to_string(),
             })?;
+        for w in patch.warnings() {
+            tracing::warn!(url = %src.url, "{w}");
+        }
         let len = patch.len();
         Ok(Arc::new(PreparedIso {
             file,
