@@ -155,6 +155,8 @@ pub struct ClientConfig {
     pub max_concurrency: usize,
     pub task_poll_interval: Duration,
     pub task_timeout: Duration,
+    /// How long a discovery stays cached (slots, reset types, boot targets rarely change).
+    pub discovery_ttl: Duration,
     /// Called once per request sent on the wire.
     pub recorder: Option<Recorder>,
 }
@@ -188,6 +190,7 @@ impl ClientConfig {
             max_concurrency: 4,
             task_poll_interval: Duration::from_secs(2),
             task_timeout: Duration::from_secs(600),
+            discovery_ttl: Duration::from_secs(900),
             recorder: None,
         }
     }
@@ -273,7 +276,8 @@ pub(crate) struct Inner {
     auth: tokio::sync::Mutex<AuthState>,
     root: tokio::sync::Mutex<Option<ServiceRoot>>,
     pub(crate) stats: Arc<RequestStats>,
-    pub(crate) discovery: tokio::sync::Mutex<Option<Arc<crate::ops::Discovery>>>,
+    pub(crate) discovery:
+        tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<crate::ops::Discovery>)>>,
 }
 
 /// A Redfish client for one BMC. Cheap to clone; clones share the session, the limits and the counters.

@@ -277,16 +277,25 @@ impl Client {
     /// Cached: later calls return the cached result until [`Client::invalidate_discovery`].
     pub async fn discover(&self, system_id: Option<&str>) -> Result<Arc<Discovery>> {
         let mut cache = self.inner.discovery.lock().await;
-        if let Some(d) = cache.as_ref()
+        if let Some((at, d)) = cache.as_ref()
+            && at.elapsed() < self.inner.config.discovery_ttl
             && system_id.is_none_or(|id| last_segment(&d.system_path).eq_ignore_ascii_case(id))
         {
             return Ok(d.clone());
         }
         let d = Arc::new(self.discover_uncached(system_id).await?);
-        *cache = Some(d.clone());
+        *cache = Some((tokio::time::Instant::now(), d.clone()));
         Ok(d)
     }
 
+    async fn forget_if_gone<T>(&self, r: Result<T>) -> Result<T> {
+        if matches!(r, Err(Error::NotFound(_))) {
+            self.invalidate_discovery().await;
+        }
+        r
+    }
+
+    /// Forget the cached discovery (the operations below also do this when a path they use is gone).
     pub async fn invalidate_discovery(&self) {
         *self.inner.discovery.lock().await = None;
     }
@@ -478,7 +487,10 @@ impl Client {
 
     /// The system's power state now (`On`, `Off`, `PoweringOn` ...).
     pub async fn power_state(&self, d: &Discovery) -> Result<Option<String>> {
-        let s: ComputerSystem = self.get(&d.system_path).await?.value;
+        let s: ComputerSystem = self
+            .forget_if_gone(self.get(&d.system_path).await)
+            .await?
+            .value;
         Ok(s.power_state)
     }
 
@@ -539,7 +551,9 @@ impl Client {
 
     /// Read a slot fresh (state and ETag).
     pub async fn read_slot(&self, path: &str) -> Result<Slot> {
-        let f = self.get::<VirtualMedia>(path).await?;
+        let f = self
+            .forget_if_gone(self.get::<VirtualMedia>(path).await)
+            .await?;
         Ok(Slot {
             path: path.to_string(),
             media: f.value,
@@ -651,7 +665,9 @@ impl Client {
     /// One-time boot from the virtual CD. No-op when that override is already pending.
     pub async fn set_boot_once_cd(&self, d: &Discovery, mode: Option<BootMode>) -> Result<Outcome> {
         let plan = d.boot_override_plan(mode)?;
-        let current = self.get::<SettingsResource>(&plan.patch_path).await?;
+        let current = self
+            .forget_if_gone(self.get::<SettingsResource>(&plan.patch_path).await)
+            .await?;
         let boot = current.value.boot.clone().unwrap_or_default();
         if boot.target.as_deref() == Some(plan.target.as_str())
             && boot.enabled.as_deref() == Some("Once")

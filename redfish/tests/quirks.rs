@@ -242,3 +242,51 @@ async fn session_is_deleted_when_the_client_is_dropped() {
     assert_eq!(del[0].path, "/redfish/v1/SessionService/Sessions/s1");
     assert_eq!(del[0].header("x-auth-token").as_deref(), Some("tok-1"));
 }
+
+#[tokio::test]
+async fn discovery_is_cached_until_a_path_disappears() {
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let g = gone.clone();
+    let srv = Server::mockup(
+        MOCK,
+        Some(Arc::new(move |r, _s: &Server| {
+            (g.load(Ordering::SeqCst) && r.path.ends_with("/VirtualMedia/CD1")).then(|| {
+                Reply::json(
+                    404,
+                    &json!({"error": {"code": "Base.1.0.ResourceMissingAtURI"}}),
+                )
+            })
+        })),
+    )
+    .await;
+    let c = srv.client();
+    let d = c.discover(None).await.unwrap();
+    let systems_reads = srv.count("GET", "/redfish/v1/Systems");
+    c.discover(None).await.unwrap();
+    assert_eq!(
+        srv.count("GET", "/redfish/v1/Systems"),
+        systems_reads,
+        "cached"
+    );
+    // Firmware update renamed the slots: the next operation fails NotFound and discovery is redone.
+    gone.store(true, Ordering::SeqCst);
+    let e = c
+        .eject_media(&d.boot_slot().unwrap().path)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+    assert!(
+        c.discover(None).await.is_err(),
+        "rediscovery reads the slots again (and CD1 is gone)"
+    );
+    assert_eq!(srv.count("GET", "/redfish/v1/Systems"), systems_reads + 1);
+
+    // A TTL of zero never caches.
+    let mut cfg = srv.config();
+    cfg.discovery_ttl = Duration::ZERO;
+    gone.store(false, Ordering::SeqCst);
+    let c = beskar7_redfish::Client::new(cfg).unwrap();
+    c.discover(None).await.unwrap();
+    c.discover(None).await.unwrap();
+    assert_eq!(srv.count("GET", "/redfish/v1/Systems"), systems_reads + 3);
+}
