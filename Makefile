@@ -38,3 +38,22 @@ clippy:
 
 clean:
 	$(CARGO) clean
+
+.PHONY: release verify-release docker-build
+
+VERSION ?= v0.1.0
+IMAGE ?= ghcr.io/beskar7/beskar7
+
+## release: out/infrastructure-beskar7/$(VERSION)/ (infrastructure-components.yaml, metadata.yaml,
+## cluster templates, ClusterClass), usable by clusterctl as a local repository
+release:
+	OUT_DIR=$(CURDIR)/out IMAGE=$(IMAGE) hack/release.sh $(VERSION)
+
+## verify-release: the release against the local control plane: clusterctl generate provider and
+## cluster (every flavour) offline, server-side dry-run, the manager under exactly its RBAC
+verify-release: testbin
+	$(CARGO) test -p beskar7-controllers --locked --test release --test webhooks
+
+## docker-build: the manager image (needs a Docker engine)
+docker-build:
+	docker build -t $(IMAGE):$(VERSION) .
