@@ -13,3 +13,4 @@ pub mod manager;
 pub mod media_cmd;
 pub mod metrics;
 pub mod telemetry;
+pub mod webhooks;
