@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build test test-unit testbin debs crds verify-crds lint fmt clippy clean
+.PHONY: all build test test-unit testbin debs crds verify-crds lint fmt clippy clean demo
 
 all: build
 
@@ -24,6 +24,12 @@ test: debs testbin
 ## test-unit: tests that need no control plane, BMC lab or Debian tools
 test-unit:
 	$(CARGO) test --workspace --locked --lib
+
+## demo: local control plane + CAPI + emulated BMCs + the manager provisioning a sample cluster.
+## `make demo ARGS=--once` exits when every machine is provisioned (non-zero with the reason otherwise).
+demo: debs testbin
+	$(CARGO) build --bin beskar7 --bin beskar7-demo
+	target/debug/beskar7-demo --binary target/debug/beskar7 $(ARGS)
 
 crds:
 	$(CARGO) run --quiet --bin beskar7 -- crds --out-dir config/crd/bases

@@ -54,10 +54,10 @@ async fn machines_get_hosts_booted_with_their_config_and_give_them_back() {
     let lab = BmcLab::start(3).await.expect("BMC lab");
     let client = cp.client();
     let work = tempfile::tempdir().unwrap();
-    let iso = build_test_iso(work.path(), "/boot/grub/grub.cfg");
+    let iso = build_test_iso(work.path(), "/boot/grub/grub.cfg").unwrap();
     let image_url = lab.add_image("kairos.iso", &iso).unwrap();
 
-    let manager = Manager::start(&cp, &[]);
+    let manager = start_manager(&cp, &[]);
     let hosts = enroll_lab(&client, NS, &lab, &[("role", "worker")]).await;
 
     // Enrolment: every host inventoried and Available.
@@ -152,14 +152,9 @@ async fn machines_get_hosts_booted_with_their_config_and_give_them_back() {
     let blkid = std::process::Command::new("blkid").args(["-o", "value", "-s", "LABEL"]).arg(&vol_path).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&blkid.stdout).trim().to_lowercase(), "cidata");
     let (user_data, meta_data) = if config_url.ends_with(".iso") {
-        (iso_extract(&vol_path, "/user-data", &work.path().join("ud")), iso_extract(&vol_path, "/meta-data", &work.path().join("md")))
+        (iso_extract(&vol_path, "/user-data", &work.path().join("ud")).unwrap(), iso_extract(&vol_path, "/meta-data", &work.path().join("md")).unwrap())
     } else {
-        let mcopy = |f: &str| {
-            let out = std::process::Command::new("mcopy").args(["-n", "-i"]).arg(&vol_path).arg(format!("::{f}")).arg("-").output().unwrap();
-            assert!(out.status.success(), "mcopy {f}: {}", String::from_utf8_lossy(&out.stderr));
-            out.stdout
-        };
-        (mcopy("user-data"), mcopy("meta-data"))
+        (fat_extract(&vol_path, "user-data").unwrap(), fat_extract(&vol_path, "meta-data").unwrap())
     };
     let user_data = String::from_utf8(user_data).unwrap();
     let meta_data = String::from_utf8(meta_data).unwrap();
@@ -175,7 +170,7 @@ async fn machines_get_hosts_booted_with_their_config_and_give_them_back() {
     let patched = reqwest::get(&boot2).await.unwrap().bytes().await.unwrap();
     let patched_path = work.path().join("patched.iso");
     std::fs::write(&patched_path, &patched).unwrap();
-    let grub = String::from_utf8(iso_extract(&patched_path, "/boot/grub/grub.cfg", &work.path().join("grub.cfg"))).unwrap();
+    let grub = String::from_utf8(iso_extract(&patched_path, "/boot/grub/grub.cfg", &work.path().join("grub.cfg")).unwrap()).unwrap();
     let kernel_line = grub.lines().find(|l| l.trim_start().starts_with("linux")).unwrap();
     assert!(kernel_line.contains("config_url=https://config.example.com/m2.yaml"), "{grub}");
     assert!(kernel_line.contains("console=ttyS0"), "original arguments kept: {grub}");

@@ -3,8 +3,8 @@
 //! certificate of the CAPI managers, so a single CA bundle is trusted everywhere.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 
 /// A certificate and its private key, both PEM encoded.
@@ -16,7 +16,8 @@ pub struct CertPair {
 
 /// A self-signed certificate authority that issues the certificates of one control plane.
 pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
 }
 
 impl std::fmt::Debug for Ca {
@@ -37,14 +38,28 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-        Ok(Self { issuer })
+        let key = KeyPair::generate()?;
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert_pem,
+        })
+    }
+
+    /// A CA someone else made (e.g. the `<cluster>-ca` Secret KubeadmControlPlane writes),
+    /// from its PEM certificate and key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(Self {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+            cert_pem: cert_pem.to_string(),
+        })
     }
 
     /// The CA certificate (PEM): the `caBundle` of webhooks and the `certificate-authority-data`
     /// of kubeconfigs.
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     /// A serving certificate for loopback: everything in the harness listens on 127.0.0.1 and

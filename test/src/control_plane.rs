@@ -29,6 +29,9 @@ const KEEP_DIRS_ENV: &str = "BESKAR7_KEEP_TEST_DIRS";
 #[derive(Clone, Debug, Default)]
 pub struct ControlPlaneBuilder {
     capi: bool,
+    garbage_collector: bool,
+    ca: Option<(String, String)>,
+    api_server_port: Option<u16>,
 }
 
 impl ControlPlaneBuilder {
@@ -37,6 +40,29 @@ impl ControlPlaneBuilder {
     /// reconciled as in a management cluster.
     pub fn with_capi(mut self) -> Self {
         self.capi = true;
+        self
+    }
+
+    /// Also run kube-controller-manager with only the garbage collector and namespace controllers:
+    /// without it, deleting an owner leaves its dependents and deleted namespaces stay
+    /// Terminating, as nothing else implements cascades.
+    pub fn with_garbage_collector(mut self) -> Self {
+        self.garbage_collector = true;
+        self
+    }
+
+    /// Sign the API server's serving certificate and trust client certificates with this CA
+    /// (PEM certificate and key) instead of a fresh one: a workload cluster's API server serves
+    /// with the cluster CA that KubeadmControlPlane generated.
+    pub fn with_ca(mut self, cert_pem: &str, key_pem: &str) -> Self {
+        self.ca = Some((cert_pem.to_string(), key_pem.to_string()));
+        self
+    }
+
+    /// Serve kube-apiserver on this loopback port instead of a free one (a cluster's
+    /// `controlPlaneEndpoint`).
+    pub fn api_server_port(mut self, port: u16) -> Self {
+        self.api_server_port = Some(port);
         self
     }
 
@@ -194,9 +220,14 @@ impl ControlPlane {
         } else {
             0
         };
-        let ports = free_loopback_ports(3 + 2 * manager_count)?;
-        let (etcd_client, etcd_peer, apiserver) = (ports[0], ports[1], ports[2]);
-        let manager_ports: Vec<ManagerPorts> = ports[3..]
+        let ports = free_loopback_ports(4 + 2 * manager_count)?;
+        let (etcd_client, etcd_peer, apiserver, controller_manager) = (
+            ports[0],
+            ports[1],
+            options.api_server_port.unwrap_or(ports[2]),
+            ports[3],
+        );
+        let manager_ports: Vec<ManagerPorts> = ports[4..]
             .chunks(2)
             .map(|p| ManagerPorts {
                 webhook: p[0],
@@ -204,7 +235,10 @@ impl ControlPlane {
             })
             .collect();
 
-        let ca = Ca::new("beskar7-test-ca")?;
+        let ca = match &options.ca {
+            Some((cert, key)) => Ca::from_pem(cert, key)?,
+            None => Ca::new("beskar7-test-ca")?,
+        };
         let pki = Pki::write(&root.join("pki"), &ca)?;
 
         running
@@ -244,10 +278,55 @@ impl ControlPlane {
             testbin,
             running,
         };
+        if options.garbage_collector {
+            cp.start_controller_manager(controller_manager).await?;
+        }
         if options.capi {
             cp.start_capi(&ca, &pki.ca_pem, &manager_ports).await?;
         }
         Ok(cp)
+    }
+
+    async fn start_controller_manager(&mut self, port: u16) -> Result<(), ControlPlaneError> {
+        let cert_dir = self.running.dir().join("kube-controller-manager");
+        let args = vec![
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--controllers=garbage-collector-controller,namespace-controller".to_string(),
+            "--leader-elect=false".to_string(),
+            "--bind-address=127.0.0.1".to_string(),
+            format!("--secure-port={port}"),
+            // Serves /healthz with a self-signed certificate written here.
+            format!("--cert-dir={}", cert_dir.display()),
+        ];
+        let process = ManagedProcess::spawn(
+            "kube-controller-manager",
+            &self.testbin.binary("kube-controller-manager"),
+            &args,
+            &[],
+            self.running.log("kube-controller-manager"),
+        )?;
+        self.running.processes.push(process);
+
+        // /healthz is served without authentication (--authorization-always-allow-paths), over
+        // its own self-signed certificate, so the probe does not verify it.
+        let http = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .map_err(ControlPlaneError::HttpClientUnavailable)?;
+        let url = format!("https://127.0.0.1:{port}/healthz");
+        let start = Instant::now();
+        loop {
+            self.running.ensure_all_running()?;
+            if matches!(http.get(&url).send().await, Ok(r) if r.status().is_success()) {
+                return Ok(());
+            }
+            if start.elapsed() > APISERVER_READY_TIMEOUT {
+                return Err(self
+                    .running
+                    .not_ready("kube-controller-manager", APISERVER_READY_TIMEOUT));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     async fn start_capi(

@@ -8,16 +8,23 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod bmc_lab;
+pub mod boot_bridge;
 pub mod capi;
 pub mod certs;
 mod control_plane;
 mod process;
+pub mod fixtures;
+pub mod manager;
 pub mod testbin;
+pub mod vm;
+pub mod workload;
 
 pub use bmc_lab::{BmcLab, LabSystem};
 pub use capi::CapiProvider;
 pub use control_plane::{ControlPlane, ControlPlaneBuilder, install_crypto_provider};
+pub use manager::{ManagerProcess, free_port};
 pub use testbin::Testbin;
+pub use workload::{BootedNode, WorkloadStandIn};
 
 /// Why a [`ControlPlane`] could not be started.
 #[derive(thiserror::Error)]
@@ -69,6 +76,8 @@ pub enum ControlPlaneError {
         log: PathBuf,
         log_tail: String,
     },
+    #[error("building an HTTP client for health probes failed")]
+    HttpClientUnavailable(#[source] reqwest::Error),
     #[error("the generated kubeconfig cannot be loaded")]
     KubeconfigInvalid(#[source] kube::config::KubeconfigError),
     #[error("{what} failed")]

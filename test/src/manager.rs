@@ -1,0 +1,91 @@
+//! `beskar7 manager` as a real process against a [`ControlPlane`], as tests and the demo run it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::ControlPlane;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port").local_addr().expect("local addr").port()
+}
+
+/// The manager process, killed on drop. Its log (text) is in [`ManagerProcess::log`].
+pub struct ManagerProcess {
+    child: Child,
+    pub log: PathBuf,
+    /// Base URLs of its endpoints.
+    pub metrics: String,
+    pub health: String,
+    pub artifacts: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ManagerProcess {
+    /// Starts `binary manager` with loopback ports for metrics, probes and the artifact server,
+    /// leader election off unless `extra` says otherwise, and a fixed artifact token key.
+    pub fn start(binary: &Path, cp: &ControlPlane, extra: &[&str]) -> std::io::Result<ManagerProcess> {
+        let dir = tempfile::tempdir()?;
+        let (metrics, health, artifacts) = (free_port(), free_port(), free_port());
+        let log = dir.path().join("manager.log");
+        let log_file = std::fs::File::create(&log)?;
+        let key = dir.path().join("token.key");
+        std::fs::write(&key, b"beskar7-test-artifact-token-key-0123456789")?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("manager")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig_path())
+            .args(["--host-refresh-seconds", "20"])
+            .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
+            .args(["--health-probe-bind-address", &format!("127.0.0.1:{health}")])
+            .args(["--artifact-bind-address", &format!("127.0.0.1:{artifacts}")])
+            .args(["--artifact-base-url", &format!("http://127.0.0.1:{artifacts}")])
+            .arg("--artifact-cache-dir")
+            .arg(dir.path().join("cache"))
+            .arg("--artifact-token-key-file")
+            .arg(&key);
+        if !extra.iter().any(|a| a.starts_with("--leader-elect")) {
+            cmd.arg("--leader-elect=false");
+        }
+        cmd.args(extra)
+            .env("RUST_LOG", "info,beskar7_controllers=debug,kube=warn")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        let child = cmd.spawn()?;
+        Ok(ManagerProcess {
+            child,
+            log,
+            metrics: format!("http://127.0.0.1:{metrics}"),
+            health: format!("http://127.0.0.1:{health}"),
+            artifacts: format!("http://127.0.0.1:{artifacts}"),
+            _dir: dir,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
