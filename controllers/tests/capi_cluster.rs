@@ -32,7 +32,7 @@ async fn hosts_by_state(client: &kube::Client) -> Vec<(String, Option<HostState>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubeadm_cluster_on_three_hosts_reaches_running_and_scales_down() {
     beskar7_test::install_crypto_provider();
-    let cp = ControlPlane::builder().with_capi().with_garbage_collector().start().await.expect("control plane with CAPI");
+    let cp = ControlPlane::builder().with_capi().start().await.expect("control plane with CAPI");
     let lab = BmcLab::start(3).await.expect("BMC lab");
     let client = cp.client();
     let work = tempfile::tempdir().unwrap();

@@ -80,7 +80,7 @@ async fn run() -> Result<()> {
     anyhow::ensure!(args.binary.exists(), "{} not found: build it with `cargo build --release --bin beskar7` (make demo does)", args.binary.display());
 
     step("starting the local control plane: kube-apiserver, etcd, CAPI core + kubeadm managers");
-    let cp = ControlPlane::builder().with_capi().with_garbage_collector().start().await?;
+    let cp = ControlPlane::builder().with_capi().start().await?;
     step(&format!("starting the BMC lab: sushy-tools emulator with {machines_wanted} servers (Redfish over TLS, basic auth)"));
     let lab = BmcLab::start(machines_wanted).await?;
     let work = tempfile::tempdir()?;
