@@ -9,8 +9,9 @@
 //!   cannot express: `hostSelector` is a valid label selector (qualified keys, label values,
 //!   operator/values agreement); a warning when Flatcar is booted in UEFI mode (its official ISO
 //!   boots in Legacy mode only).
-//! - Defaulting, Beskar7Machine and Beskar7MachineTemplate: `bootMode` when absent (Legacy for
-//!   Flatcar, UEFI otherwise), so what is stored says how the machine boots.
+//!
+//! No defaulting webhook: the CRD schema defaults `bootMode` (UEFI) and `provisioningMode`
+//! before admission, so a mutating webhook would never see them absent.
 //!
 //! Served by [`serve`] from `tls.crt` / `tls.key` in a directory (cert-manager's Secret in a
 //! cluster), re-read when the files change so rotated certificates are picked up.
@@ -40,9 +41,6 @@ pub const VALIDATE_CLUSTER_TEMPLATE: &str =
     "/validate-infrastructure-cluster-x-k8s-io-v1alpha1-beskar7clustertemplate";
 pub const VALIDATE_MACHINE: &str =
     "/validate-infrastructure-cluster-x-k8s-io-v1alpha1-beskar7machine";
-pub const MUTATE_MACHINE_TEMPLATE: &str =
-    "/mutate-infrastructure-cluster-x-k8s-io-v1alpha1-beskar7machinetemplate";
-pub const MUTATE_MACHINE: &str = "/mutate-infrastructure-cluster-x-k8s-io-v1alpha1-beskar7machine";
 
 /// The kinds the webhooks know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,42 +266,7 @@ fn check_label_value(v: &str) -> Result<(), String> {
     }
 }
 
-/// The defaulting decision: `bootMode` when absent.
-pub fn default(kind: Kind, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-    let resp = AdmissionResponse::from(req);
-    let Some(obj) = req.object.as_ref() else {
-        return resp;
-    };
-    let Some(pointer) = kind.machine_spec_pointer() else {
-        return resp;
-    };
-    let new = object_json(obj);
-    let Some(spec) = new.pointer(pointer).and_then(Value::as_object) else {
-        return resp;
-    };
-    if spec.contains_key("bootMode") {
-        return resp;
-    }
-    let boot_mode = match spec.get("osFamily").and_then(Value::as_str) {
-        Some("flatcar") => BootMode::Legacy,
-        _ => BootMode::Uefi,
-    };
-    // kube's `with_patch` takes a `json_patch::Patch`; it deserialises from RFC 6902 JSON.
-    let patch = serde_json::json!([{"op": "add", "path": format!("{pointer}/bootMode"), "value": boot_mode.as_str()}]);
-    match serde_json::from_value(patch) {
-        Ok(p) => resp
-            .clone()
-            .with_patch(p)
-            .unwrap_or_else(|e| resp.deny(format!("serialising the defaulting patch: {e}"))),
-        Err(e) => resp.deny(format!("building the defaulting patch: {e}")),
-    }
-}
-
-async fn handle(
-    kind: Kind,
-    mutate: bool,
-    body: axum::body::Bytes,
-) -> Json<AdmissionReview<DynamicObject>> {
+async fn handle(kind: Kind, body: axum::body::Bytes) -> Json<AdmissionReview<DynamicObject>> {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -318,11 +281,7 @@ async fn handle(
         Ok(r) => r,
         Err(e) => return Json(AdmissionResponse::invalid(e.to_string()).into_review()),
     };
-    let resp = if mutate {
-        default(kind, &req)
-    } else {
-        validate(kind, &req)
-    };
+    let resp = validate(kind, &req);
     if !resp.allowed {
         info!(kind = kind.name(), name = %req.name, namespace = ?req.namespace, operation = ?req.operation, reason = %resp.result.message, "admission denied");
     }
@@ -334,24 +293,13 @@ pub fn router() -> Router {
     Router::new()
         .route(
             VALIDATE_MACHINE_TEMPLATE,
-            post(|b| handle(Kind::Beskar7MachineTemplate, false, b)),
+            post(|b| handle(Kind::Beskar7MachineTemplate, b)),
         )
         .route(
             VALIDATE_CLUSTER_TEMPLATE,
-            post(|b| handle(Kind::Beskar7ClusterTemplate, false, b)),
+            post(|b| handle(Kind::Beskar7ClusterTemplate, b)),
         )
-        .route(
-            VALIDATE_MACHINE,
-            post(|b| handle(Kind::Beskar7Machine, false, b)),
-        )
-        .route(
-            MUTATE_MACHINE_TEMPLATE,
-            post(|b| handle(Kind::Beskar7MachineTemplate, true, b)),
-        )
-        .route(
-            MUTATE_MACHINE,
-            post(|b| handle(Kind::Beskar7Machine, true, b)),
-        )
+        .route(VALIDATE_MACHINE, post(|b| handle(Kind::Beskar7Machine, b)))
 }
 
 /// Serving certificate from `tls.crt` / `tls.key`, re-read when `tls.crt` changes.
@@ -747,54 +695,6 @@ mod tests {
             &request("Beskar7Machine", "CREATE", machine("Legacy"), None, false),
         );
         assert!(r.allowed && r.warnings.is_none());
-    }
-
-    #[test]
-    fn defaulting_sets_boot_mode_by_os() {
-        let mut flatcar =
-            json!({"template": {"spec": {"osFamily": "flatcar", "imageURL": "http://a/f.iso"}}});
-        let r = default(
-            Kind::Beskar7MachineTemplate,
-            &request(
-                "Beskar7MachineTemplate",
-                "CREATE",
-                template(flatcar.clone(), None),
-                None,
-                false,
-            ),
-        );
-        let patch: Value = serde_json::from_slice(r.patch.as_deref().expect("a patch")).unwrap();
-        assert_eq!(
-            patch,
-            json!([{"op": "add", "path": "/spec/template/spec/bootMode", "value": "Legacy"}])
-        );
-
-        flatcar["template"]["spec"]["osFamily"] = json!("talos");
-        let r = default(
-            Kind::Beskar7MachineTemplate,
-            &request(
-                "Beskar7MachineTemplate",
-                "CREATE",
-                template(flatcar, None),
-                None,
-                false,
-            ),
-        );
-        let patch: Value = serde_json::from_slice(r.patch.as_deref().expect("a patch")).unwrap();
-        assert_eq!(patch[0]["value"], json!("UEFI"));
-
-        // Given explicitly: left alone.
-        let r = default(
-            Kind::Beskar7MachineTemplate,
-            &request(
-                "Beskar7MachineTemplate",
-                "CREATE",
-                template(machine_spec("http://a/os.iso"), None),
-                None,
-                false,
-            ),
-        );
-        assert!(r.allowed && r.patch.is_none());
     }
 
     #[tokio::test]
