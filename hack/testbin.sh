@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test binaries (kube-apiserver, etcd, CAPI core / kubeadm bootstrap / kubeadm
-# control-plane managers, clusterctl) with 'go build' from the Go module proxy, at the versions
+# Builds the test binaries (kube-apiserver, kube-controller-manager, etcd, CAPI core / kubeadm
+# bootstrap / kubeadm control-plane managers, clusterctl) with 'go build' from the Go module proxy, at the versions
 # pinned in hack/testbin-versions.env, and copies CAPI's CRDs and webhook manifests next to them.
 #
 # Output: ${BESKAR7_TESTBIN:-$HOME/.cache/beskar7/testbin}/<key>/ where <key> encodes the pinned
@@ -10,7 +10,7 @@
 #
 # The wrapper modules in hack/tools/ exist because these modules carry replace directives that
 # 'go install pkg@version' refuses (see DESIGN.md section 7); their go.mod/go.sum are committed so
-# builds are reproducible.
+# builds are reproducible. After bumping a pin, run hack/update-testbin-wrappers.sh.
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,6 +44,17 @@ CAPI_LDFLAGS+=" -X sigs.k8s.io/cluster-api/version.gitMajor=$(semver_major "${CA
 CAPI_LDFLAGS+=" -X sigs.k8s.io/cluster-api/version.gitMinor=$(semver_minor "${CAPI_VERSION}")"
 CAPI_LDFLAGS+=" -X sigs.k8s.io/cluster-api/version.gitTreeState=clean"
 
+# Sum of VmRSS (KiB) of a process and all its descendants.
+tree_rss_kib() {
+  local pid="$1" total child
+  total="$(awk '/^VmRSS:/ {print $2}' "/proc/${pid}/status" 2>/dev/null || true)"
+  total="${total:-0}"
+  for child in $(cat /proc/"${pid}"/task/*/children 2>/dev/null); do
+    total=$((total + $(tree_rss_kib "${child}")))
+  done
+  echo "${total}"
+}
+
 built_any=0
 # build NAME WRAPPER_DIR PACKAGE LDFLAGS
 build() {
@@ -61,15 +72,24 @@ build() {
   [ -n "${TIME_BIN}" ] && timer=("${TIME_BIN}" -v -o "${timing}")
   # -trimpath keeps local paths out of the binaries; CGO off gives static binaries like upstream's.
   (cd "${HACK_DIR}/tools/${wrapper}" &&
-    CGO_ENABLED=0 "${timer[@]}" go build -mod=readonly -trimpath -ldflags "${ldflags}" -o "${tmp}" "${pkg}")
+    exec env CGO_ENABLED=0 "${timer[@]}" go build -mod=readonly -trimpath -ldflags "${ldflags}" -o "${tmp}" "${pkg}") &
+  local build_pid=$! peak_tree=0 now
+  # go build runs up to GOMAXPROCS compilers at once: sample the whole process tree once a second
+  # for the memory a build machine needs (ru_maxrss below only covers the largest process).
+  while kill -0 "${build_pid}" 2>/dev/null; do
+    now="$(tree_rss_kib "${build_pid}")"
+    [ "${now}" -gt "${peak_tree}" ] && peak_tree="${now}"
+    sleep 1
+  done
+  wait "${build_pid}"
   mv "${tmp}" "${target}"
   local rss="unknown (no /usr/bin/time)"
   if [ -f "${timing}" ]; then
-    # ru_maxrss of the children: the largest single compile/link process of the build.
     rss="$(awk -F': ' '/Maximum resident set size/ {printf "%.0f MiB", $2/1024}' "${timing}")"
   fi
   local line
-  line="$(printf '%-30s %5ds  peak RSS %s' "${name}" $((SECONDS - start)) "${rss}")"
+  line="$(printf '%-30s %5ds  peak RSS: largest process %s, process tree %d MiB (sampled)' \
+    "${name}" $((SECONDS - start)) "${rss}" $((peak_tree / 1024)))"
   echo "testbin: built ${line}"
   echo "$(date -u +%FT%TZ) ${line}" >>"${OUT}/build-times.log"
 }
@@ -77,6 +97,9 @@ build() {
 overall=$SECONDS
 # kube-apiserver first: it is the longest build.
 build kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "${K8S_LDFLAGS}"
+# Garbage collector and namespace controller for tests that need cascades (most of its packages are
+# already compiled for kube-apiserver).
+build kube-controller-manager kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager "${K8S_LDFLAGS}"
 build etcd etcd go.etcd.io/etcd/server/v3 ""
 build cluster-api-manager cluster-api sigs.k8s.io/cluster-api/core "${CAPI_LDFLAGS}"
 build kubeadm-bootstrap-manager cluster-api sigs.k8s.io/cluster-api/bootstrap/kubeadm "${CAPI_LDFLAGS}"

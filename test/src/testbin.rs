@@ -15,6 +15,7 @@ const VERSIONS_ENV: &str = include_str!("../../hack/testbin-versions.env");
 /// The binaries `hack/testbin.sh` builds.
 pub const BINARIES: &[&str] = &[
     "kube-apiserver",
+    "kube-controller-manager",
     "etcd",
     "cluster-api-manager",
     "kubeadm-bootstrap-manager",

@@ -441,6 +441,63 @@ async fn capi_webhooks_accept_cluster_referencing_beskar7_cluster_and_reject_inv
     );
 }
 
+/// With the garbage collector, deleting an owner deletes its dependents (without it nothing
+/// would: kube-apiserver does not implement cascades).
+#[tokio::test]
+async fn garbage_collector_deletes_dependents_of_a_deleted_owner() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    let cp = ControlPlane::builder()
+        .with_garbage_collector()
+        .start()
+        .await
+        .expect("control plane with garbage collector starts");
+    let config_maps: Api<ConfigMap> = Api::namespaced(cp.client(), "default");
+    let mut owner = ConfigMap::default();
+    owner.metadata.name = Some("owner".to_string());
+    let owner = config_maps
+        .create(&PostParams::default(), &owner)
+        .await
+        .expect("owner created");
+    let mut dependent = ConfigMap::default();
+    dependent.metadata.name = Some("dependent".to_string());
+    dependent.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".to_string(),
+        kind: "ConfigMap".to_string(),
+        name: "owner".to_string(),
+        uid: owner
+            .metadata
+            .uid
+            .clone()
+            .expect("created object has a uid"),
+        ..OwnerReference::default()
+    }]);
+    config_maps
+        .create(&PostParams::default(), &dependent)
+        .await
+        .expect("dependent created");
+
+    config_maps
+        .delete("owner", &Default::default())
+        .await
+        .expect("owner deleted");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while config_maps
+        .get_opt("dependent")
+        .await
+        .expect("get dependent")
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dependent still exists 60 s after its owner was deleted; kube-controller-manager log:\n{}",
+            cp.log_tail("kube-controller-manager", 30)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Startup happens in a task that panics while holding the control plane: unwinding must stop
 /// the processes and remove the temp dir, as it does for a failing test.
 #[tokio::test]
