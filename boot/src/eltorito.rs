@@ -174,7 +174,11 @@ impl Fat {
             12 => {
                 let o = c as usize * 3 / 2;
                 let w = le16(self.table.get(o..o + 2)?) as u32;
-                if c.is_multiple_of(2) { w & 0xFFF } else { w >> 4 }
+                if c.is_multiple_of(2) {
+                    w & 0xFFF
+                } else {
+                    w >> 4
+                }
             }
             16 => le16(self.table.get(c as usize * 2..c as usize * 2 + 2)?) as u32,
             _ => le32(self.table.get(c as usize * 4..c as usize * 4 + 4)?) & 0x0FFF_FFFF,

@@ -34,7 +34,17 @@ impl OsFamily {
         }
     }
 
-    /// Label of the config volume the OS reads at boot, if it reads one.
+    /// Label of the config volume the OS reads at boot for a bootstrap format, if it reads one.
+    /// Leap Micro: Ignition reads only a volume labelled `ignition` (Combustion reads that label
+    /// too); a Combustion script goes on a volume labelled `combustion`.
+    pub fn volume_label_for(self, format: BootstrapFormat) -> Option<&'static str> {
+        match (self, format) {
+            (Self::LeapMicro, BootstrapFormat::Ignition) => Some("ignition"),
+            _ => self.volume_label(),
+        }
+    }
+
+    /// Label of the config volume the OS reads at boot (for its cloud-config/script format).
     pub fn volume_label(self) -> Option<&'static str> {
         match self {
             Self::Kairos => Some("cidata"),
@@ -194,6 +204,8 @@ pub struct RenderedConfig {
     pub content_type: &'static str,
     /// Files of the config volume (for OSes that read one), including `meta-data`.
     pub volume_files: Vec<VolumeFile>,
+    /// Label of that volume (None when the OS reads no volume).
+    pub volume_label: Option<&'static str>,
 }
 
 fn kairos_user_data(data: &[u8]) -> Result<Vec<u8>, ProfileError> {
@@ -259,11 +271,39 @@ impl OsFamily {
         format: BootstrapFormat,
         meta: &MetaData,
     ) -> Result<RenderedConfig, ProfileError> {
+        let mut r = self.render_files(data, format, meta)?;
+        if !r.volume_files.is_empty() {
+            r.volume_label = self.volume_label_for(format);
+        }
+        Ok(r)
+    }
+
+    /// Refuses bootstrap formats the OS never reads (Leap Micro's cloud-config format is
+    /// accepted here: it may be a Combustion script, checked when rendering).
+    pub fn check_format(self, format: BootstrapFormat) -> Result<(), ProfileError> {
+        match (self, format) {
+            (Self::Kairos, BootstrapFormat::Ignition)
+            | (Self::Talos, BootstrapFormat::Ignition)
+            | (Self::Flatcar, BootstrapFormat::CloudConfig) => self
+                .render_files(b"", format, &MetaData::default())
+                .map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The files, before the volume label is chosen.
+    fn render_files(
+        self,
+        data: &[u8],
+        format: BootstrapFormat,
+        meta: &MetaData,
+    ) -> Result<RenderedConfig, ProfileError> {
         let meta_file = VolumeFile::new("meta-data", meta.render());
         match (self, format) {
             (Self::Kairos, BootstrapFormat::CloudConfig) => {
                 let user = kairos_user_data(data)?;
                 Ok(RenderedConfig {
+                    volume_label: None,
                     document: user.clone(),
                     content_type: "text/cloud-config",
                     volume_files: vec![VolumeFile::new("user-data", user), meta_file],
@@ -277,6 +317,7 @@ impl OsFamily {
                         err: e.to_string(),
                     })?;
                 Ok(RenderedConfig {
+                    volume_label: None,
                     document: data.to_vec(),
                     content_type: "application/yaml",
                     volume_files: vec![VolumeFile::new("config.yaml", data.to_vec()), meta_file],
@@ -285,6 +326,7 @@ impl OsFamily {
             (Self::Flatcar, BootstrapFormat::Ignition) => {
                 check_ignition(self, data)?;
                 Ok(RenderedConfig {
+                    volume_label: None,
                     document: data.to_vec(),
                     content_type: "application/json",
                     volume_files: Vec::new(),
@@ -293,6 +335,7 @@ impl OsFamily {
             (Self::LeapMicro, BootstrapFormat::Ignition) => {
                 check_ignition(self, data)?;
                 Ok(RenderedConfig {
+                    volume_label: None,
                     document: data.to_vec(),
                     content_type: "application/json",
                     volume_files: vec![
@@ -303,6 +346,7 @@ impl OsFamily {
             }
             (Self::LeapMicro, BootstrapFormat::CloudConfig) if data.starts_with(b"#!") => {
                 Ok(RenderedConfig {
+                    volume_label: None,
                     document: data.to_vec(),
                     content_type: "text/x-shellscript",
                     volume_files: vec![
@@ -421,12 +465,8 @@ pub fn plan_delivery(input: &PlanInput<'_>) -> Result<DeliveryPlan, ProfileError
         }
         ProvisioningMode::BootstrapData => {
             // fail early on formats the OS cannot read
-            if let Err(e @ ProfileError::UnsupportedFormat { .. }) =
-                os.render(b"{}", input.format, &MetaData::default())
-            {
-                return Err(e);
-            }
-            match (os.volume_label(), input.config_slot) {
+            os.check_format(input.format)?;
+            match (os.volume_label_for(input.format), input.config_slot) {
                 (Some(label), Some(format)) => {
                     plan.config_volume = Some(VolumePlan { format, label });
                     plan.kernel_args = os
@@ -460,7 +500,7 @@ pub fn build_config_volume(
     format: VolumeFormat,
     rendered: &RenderedConfig,
 ) -> Result<Vec<u8>, crate::Error> {
-    let label = os.volume_label().ok_or(ProfileError::NoVolume { os })?;
+    let label = rendered.volume_label.ok_or(ProfileError::NoVolume { os })?;
     Ok(crate::volume::build_volume(
         format,
         label,
@@ -700,7 +740,18 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(leap.config_volume.unwrap().label, "combustion");
+        assert_eq!(leap.config_volume.unwrap().label, "ignition");
+        let leap_script = p(
+            OsFamily::LeapMicro,
+            BootstrapData,
+            CloudConfig,
+            Some(VolumeFormat::Iso),
+            None,
+        );
+        assert_eq!(
+            leap_script.unwrap().config_volume.unwrap().label,
+            "combustion"
+        );
         let leap_url = p(OsFamily::LeapMicro, BootstrapData, Ignition, None, None).unwrap();
         assert_eq!(
             resolve_kernel_args(&leap_url.kernel_args, "u"),

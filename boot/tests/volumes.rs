@@ -29,8 +29,14 @@ fn cases() -> Vec<(&'static str, OsFamily, BootstrapFormat, Vec<u8>)> {
     ]
 }
 
-fn expected_label(os: OsFamily) -> &'static str {
-    os.volume_label().unwrap()
+fn expected_label(case: &str) -> &'static str {
+    match case {
+        "kairos" => "cidata",
+        "talos" => "metal-iso",
+        "leapmicro-ignition" => "ignition",
+        "leapmicro-combustion" => "combustion",
+        other => panic!("no label for {other}"),
+    }
 }
 
 #[test]
@@ -56,7 +62,7 @@ fn iso_config_volumes_read_by_blkid_xorriso_isoinfo() {
 
         let (label, ty) = blkid(&path);
         assert_eq!(ty, "iso9660", "{name}");
-        assert_eq!(label, expected_label(os), "{name}");
+        assert_eq!(label, expected_label(name), "{name}");
 
         // xorriso extracts with Rock Ridge names; it must not complain about the image
         let out = t.join("x");
@@ -144,7 +150,7 @@ fn fat_config_volumes_read_by_blkid_mtools_fsck() {
 
         let (label, ty) = blkid(&path);
         assert_eq!(ty, "vfat", "{name}");
-        assert_eq!(label, expected_label(os), "{name}");
+        assert_eq!(label, expected_label(name), "{name}");
 
         run(Command::new(&fsck).args(["-n", "-v"]).arg(&path));
 

@@ -107,7 +107,7 @@ pub fn config(a: ConfigArgs) -> anyhow::Result<()> {
         a.output.display(),
         img.len(),
         a.format,
-        a.os.volume_label().unwrap_or_default(),
+        rendered.volume_label.unwrap_or_default(),
         rendered
             .volume_files
             .iter()

@@ -107,7 +107,7 @@ fn media_config_iso_and_fat() {
         .arg(&fat));
     let b = blkid(&fat);
     assert!(
-        b.contains("LABEL=combustion") && b.contains("TYPE=vfat"),
+        b.contains("LABEL=ignition") && b.contains("TYPE=vfat"),
         "{b}"
     );
     let got = run(Command::new(tool("mcopy", "mtools"))
