@@ -284,3 +284,113 @@ async fn probe_fails_with_one_line_reasons() {
     assert!(err.starts_with("error: RedfishProtocolError:"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// The binary against the live emulator over verified TLS.
+#[tokio::test]
+async fn probe_the_bmc_lab_over_verified_tls() {
+    let lab = beskar7_test::BmcLab::start(2).await.expect("BMC lab");
+    let dir = std::env::temp_dir().join(format!("beskar7-probe-lab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("password");
+    std::fs::write(&pw, format!("{}\n", lab.password)).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &lab.ca_pem).unwrap();
+    let other_ca = dir.join("other-ca.pem");
+    std::fs::write(
+        &other_ca,
+        beskar7_test::certs::Ca::new("other").unwrap().cert_pem(),
+    )
+    .unwrap();
+    let run = |extra: Vec<String>| {
+        let mut args: Vec<String> = vec![
+            "bmc".into(),
+            "probe".into(),
+            lab.address.clone(),
+            "--username".into(),
+            lab.username.clone(),
+            "--password-file".into(),
+            pw.display().to_string(),
+        ];
+        args.extend(extra);
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_beskar7"))
+            .args(args)
+            .output()
+    };
+    let sys = &lab.systems[1];
+    let out = run(vec![
+        "--ca-file".into(),
+        ca.display().to_string(),
+        "--system-id".into(),
+        sys.system_id.clone(),
+        "--output".into(),
+        "json".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = format!("/redfish/v1/Systems/{}", sys.system_id);
+    assert_eq!(v["manufacturer"], "Sushy Emulator");
+    assert_eq!(v["uuid"], sys.system_id.as_str());
+    assert_eq!(v["systemPath"], path.as_str());
+    assert_eq!(v["powerState"], "Off");
+    assert_eq!(
+        v["bootMedia"],
+        json!({"path": format!("{path}/VirtualMedia/Cd"), "insertMethod": "action"})
+    );
+    assert_eq!(
+        v["configMedia"],
+        json!({"path": format!("{path}/VirtualMedia/Floppy"), "insertMethod": "action", "imageFormat": "fat"})
+    );
+    assert_eq!(
+        v["bootOverride"],
+        json!({"target": "Cd", "mode": "UEFI", "patchPath": path})
+    );
+    assert_eq!(v["authentication"], "basic");
+    assert_eq!(v["problems"], json!([]));
+
+    // Two systems and no --system-id.
+    let out = run(vec!["--ca-file".into(), ca.display().to_string()])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: InvalidBMCConfiguration:"), "{err}");
+    assert!(err.contains(&lab.systems[0].system_id), "{err}");
+
+    // Wrong CA, and system roots: TLS verification fails.
+    for extra in [
+        vec!["--ca-file".to_string(), other_ca.display().to_string()],
+        vec![],
+    ] {
+        let out = run(extra).await.unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.starts_with("error: BMCTLSVerificationFailed:"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+
+    // --insecure skips verification.
+    let out = run(vec![
+        "--insecure".into(),
+        "--system-id".into(),
+        sys.system_id.clone(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("Sushy Emulator")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
