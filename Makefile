@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build test test-unit testbin debs crds verify-crds lint fmt clippy clean demo
+.PHONY: all build test test-boot test-unit testbin debs crds verify-crds lint fmt clippy clean demo
 
 all: build
 
@@ -20,6 +20,10 @@ testbin:
 ## test: everything, on a fresh machine: installs what it needs, then runs all tests
 test: debs testbin
 	$(CARGO) test --workspace --locked
+
+## test-boot: the boot proof: media the provider inserts are booted in QEMU (OVMF / SeaBIOS)
+test-boot: debs testbin
+	$(CARGO) test -p beskar7-controllers --test boot_proof
 
 ## test-unit: tests that need no control plane, BMC lab or Debian tools
 test-unit:

@@ -6,6 +6,8 @@ PACKAGES=(
   # boot media checks: ISO / FAT readers and builders
   xorriso genisoimage mtools dosfstools util-linux
   grub-common grub-efi-amd64-bin grub-pc-bin isolinux syslinux-common
+  # boot proof (make test-boot): QEMU, OVMF (UEFI), the kernel and busybox of the test initrd
+  qemu-system-x86 ovmf linux-image-amd64 busybox-static
   # BMC lab: Python venv for sushy-tools, openssl for certs
   python3-venv openssl
   # hack/testbin.sh: /usr/bin/time -v reports the peak memory of each Go build
