@@ -3,6 +3,31 @@
 //! [`ControlPlane`] runs a real etcd and kube-apiserver (and optionally the real CAPI managers)
 //! built by `hack/testbin.sh`; each instance has its own ports, certificates and data, so tests
 //! run in parallel without sharing state.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), beskar7_test::ControlPlaneError> {
+//! use beskar7_test::ControlPlane;
+//!
+//! // etcd + kube-apiserver with our CRDs and CAPI's CRDs installed.
+//! let cp = ControlPlane::start().await?;
+//! let client = cp.client();
+//!
+//! // Plus the CAPI core, kubeadm bootstrap and control-plane managers with their webhooks, and
+//! // kube-controller-manager's garbage collector.
+//! let cp = ControlPlane::builder()
+//!     .with_capi()
+//!     .with_garbage_collector()
+//!     .start()
+//!     .await?;
+//! let status = cp.clusterctl().args(["describe", "cluster", "lab"]).status();
+//! # let _ = (client, status);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Binaries come from `${BESKAR7_TESTBIN:-~/.cache/beskar7/testbin}/<versions key>/`; without
+//! them `start` fails with a message saying to run `make testbin`. Set `BESKAR7_KEEP_TEST_DIRS`
+//! to keep each control plane's temp dir (process logs under `logs/`).
 
 use std::path::PathBuf;
 use std::time::Duration;
