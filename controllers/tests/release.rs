@@ -477,7 +477,7 @@ async fn generated_clusters_pass_server_side_dry_run_with_capi_webhooks() {
                     gvk(o).group.ends_with(".cluster.x-k8s.io") && gvk(o).version == "v1alpha3",
                     "{o}"
                 );
-                assert_eq!(o["spec"].is_object(), true, "{o}");
+                assert!(o["spec"].is_object(), "{o}");
             }
             let tcp = unserved
                 .iter()

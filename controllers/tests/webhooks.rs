@@ -229,7 +229,10 @@ async fn webhooks_reject_template_changes_and_allow_clusterclass_dry_runs() {
         .unwrap_err();
     // (A changed endpoint would already be refused by the CRD's CEL rule; failure domains are not.)
     let message = denial(err);
-    assert!(message.contains("Beskar7ClusterTemplate cc: spec is immutable"), "{message}");
+    assert!(
+        message.contains("Beskar7ClusterTemplate cc: spec is immutable"),
+        "{message}"
+    );
 
     // A host selector the schema accepts but that is no label selector.
     let machines = api(&client, ns, "Beskar7Machine");
