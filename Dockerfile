@@ -1,21 +1,19 @@
 # syntax=docker/dockerfile:1
 # The manager image: the beskar7 binary and CA certificates, nothing else, running as non-root.
+#   docker build -t ghcr.io/beskar7/beskar7:dev .        (make docker-build)
 
+# Builder: the same Debian release as the runtime, so the binary's glibc matches.
 FROM docker.io/library/rust:1.95-bookworm AS builder
 WORKDIR /src
-# Dependencies first, so source edits do not refetch crates.
-COPY Cargo.toml Cargo.lock ./
-COPY api/Cargo.toml api/Cargo.toml
-COPY redfish/Cargo.toml redfish/Cargo.toml
-COPY boot/Cargo.toml boot/Cargo.toml
-COPY controllers/Cargo.toml controllers/Cargo.toml
-COPY test/Cargo.toml test/Cargo.toml
-RUN cargo fetch --locked
 COPY . .
-RUN cargo build --release --locked --bin beskar7 \
+# Cache mounts keep the crate registry and the target dir between builds.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin beskar7 \
  && install -D -m 0755 target/release/beskar7 /out/beskar7
 
-# distroless/cc: glibc, libgcc and CA certificates; no shell, no package manager.
+# distroless/cc: glibc, libgcc and CA certificates; no shell, no package manager. The Rust TLS
+# stack (rustls) reads the CA certificates from /etc/ssl/certs.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /out/beskar7 /beskar7
 USER 65532:65532
