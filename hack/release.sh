@@ -43,10 +43,13 @@ ensure_kustomize() {
     return
   fi
   local dir="${BESKAR7_TOOLS:-${HOME}/.cache/beskar7/tools}/kustomize-${KUSTOMIZE_VERSION}"
+  mkdir -p "${dir}"
+  # Concurrent releases (parallel tests) build it once.
+  exec 9>"${dir}.lock"
+  command -v flock >/dev/null && flock 9
   if [ ! -x "${dir}/kustomize" ]; then
     command -v go >/dev/null || die "'go' not found: needed once to build kustomize ${KUSTOMIZE_VERSION} (or set KUSTOMIZE)"
     echo "release: building kustomize ${KUSTOMIZE_VERSION} into ${dir} ..." >&2
-    mkdir -p "${dir}"
     GOBIN="${dir}" GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}" >&2
   fi
   echo "${dir}/kustomize"
