@@ -514,6 +514,9 @@ async fn cache_is_bounded_and_evicts_unused_images() {
         .unwrap();
     let e = art.store.prepare("ns/h2").await.unwrap_err();
     assert!(e.to_string().contains("cache full"), "{e}");
+    // the image that did not fit is not left on disk
+    let files = std::fs::read_dir(art.cache_dir.path()).unwrap().count();
+    assert_eq!(files, 2, "{files} files in the cache");
 }
 
 #[tokio::test]

@@ -133,16 +133,35 @@ impl SourceCache {
             .entry(key.clone())
             .or_default()
             .clone();
+        let result = self.get_locked(url, &key, sha.as_deref(), &lock).await;
+        // forget the per-key lock when nobody else waits on it
+        let mut locks = self.locks.lock().unwrap();
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(&key);
+        }
+        result
+    }
+
+    async fn get_locked(
+        &self,
+        url: &str,
+        key: &str,
+        sha: Option<&str>,
+        lock: &tokio::sync::Mutex<()>,
+    ) -> Result<CachedFile, ArtifactError> {
         let _guard = lock.lock().await;
-        if let Some(e) = self.entries.lock().unwrap().get_mut(&key) {
+        if let Some(e) = self.entries.lock().unwrap().get_mut(key) {
             e.last_used = Instant::now();
             return Ok(e.file.clone());
         }
-        let (file, path, size) = self.download(url, &key, sha.as_deref()).await?;
+        let (file, path, size) = self.download(url, key, sha).await?;
         let mut entries = self.entries.lock().unwrap();
-        self.make_room(&mut entries, size)?;
+        if let Err(e) = self.make_room(&mut entries, size) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         entries.insert(
-            key,
+            key.to_string(),
             Entry {
                 file: file.clone(),
                 path,
