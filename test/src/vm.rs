@@ -60,7 +60,9 @@ pub const VOLUME_LABELS: [&str; 4] = ["cidata", "metal-iso", "combustion", "igni
 pub const BASE_KERNEL_ARGS: &str = "console=ttyS0 loglevel=3 panic=-1";
 
 /// Modules the init loads; their dependencies come from `modules.dep`, loaded first.
-const WANTED_MODULES: [&str; 11] = [
+/// `nls_ascii`: Debian's FAT default iocharset is `ascii`; without it a vfat mount fails with
+/// EINVAL.
+const WANTED_MODULES: [&str; 12] = [
     "ahci",
     "sr_mod",
     "sd_mod",
@@ -68,6 +70,7 @@ const WANTED_MODULES: [&str; 11] = [
     "vfat",
     "nls_cp437",
     "nls_utf8",
+    "nls_ascii",
     "xhci_pci",
     "usb_storage",
     "qemu_fw_cfg",
@@ -282,7 +285,7 @@ fn module_name(path: &str) -> String {
 
 /// Module file paths (relative to `/lib/modules/<release>`) for `wanted` and their
 /// dependencies, dependencies first. Built-in modules are skipped; missing ones are errors,
-/// except `nls_iso8859_1` and `qemu_fw_cfg` which are only nice to have.
+/// except `nls_iso8859_1`, `nls_ascii` and `qemu_fw_cfg`, which are only nice to have.
 fn module_closure(release: &str, wanted: &[&str]) -> Result<Vec<String>> {
     let base = Path::new("/lib/modules").join(release);
     let dep = std::fs::read_to_string(base.join("modules.dep"))
@@ -323,7 +326,7 @@ fn module_closure(release: &str, wanted: &[&str]) -> Result<Vec<String>> {
             continue;
         }
         if !deps.contains_key(&w) {
-            if matches!(w.as_str(), "nls_iso8859_1" | "qemu_fw_cfg") {
+            if matches!(w.as_str(), "nls_iso8859_1" | "nls_ascii" | "qemu_fw_cfg") {
                 continue;
             }
             bail!("kernel {release} has no module {w} (neither in modules.dep nor built in)");
