@@ -373,14 +373,34 @@ impl rustls::server::ResolvesServerCert for CertFiles {
 /// task is dropped. Fails at once when the listener cannot be bound or the certificate is not
 /// readable.
 pub async fn serve(bind: SocketAddr, cert_dir: &Path) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("webhook server on {bind}: {e}"))?;
-    serve_on(listener, cert_dir).await
+    spawn(bind, cert_dir).await?.await?;
+    Ok(())
 }
 
 /// Like [`serve`] on a listener that is already bound (tests bind port 0 first).
 pub async fn serve_on(listener: tokio::net::TcpListener, cert_dir: &Path) -> anyhow::Result<()> {
+    spawn_on(listener, cert_dir)?.await?;
+    Ok(())
+}
+
+/// Binds `bind`, loads the certificate, then serves in a background task: errors in the
+/// listener or the certificate are returned here, before anything runs (the manager exits on
+/// them rather than running without its webhooks).
+pub async fn spawn(
+    bind: SocketAddr,
+    cert_dir: &Path,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("webhook server on {bind}: {e}"))?;
+    spawn_on(listener, cert_dir)
+}
+
+/// Like [`spawn`] on a bound listener.
+pub fn spawn_on(
+    listener: tokio::net::TcpListener,
+    cert_dir: &Path,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let certs = Arc::new(CertFiles::new(cert_dir)?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -390,8 +410,12 @@ pub async fn serve_on(listener: tokio::net::TcpListener, cert_dir: &Path) -> any
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let app = router();
     info!(addr = %listener.local_addr()?, cert_dir = %cert_dir.display(), "webhook server listening");
+    Ok(tokio::spawn(accept_loop(listener, acceptor)))
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+    let app = router();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -695,6 +719,50 @@ mod tests {
             &request("Beskar7Machine", "CREATE", machine("Legacy"), None, false),
         );
         assert!(r.allowed && r.warnings.is_none());
+    }
+
+    #[test]
+    fn rotated_certificate_is_picked_up() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = beskar7_test::certs::Ca::new("reload-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, mtime: std::time::SystemTime| {
+            let pair = ca.loopback_serving_cert(name).unwrap();
+            std::fs::write(dir.path().join("tls.key"), &pair.key_pem).unwrap();
+            std::fs::write(dir.path().join("tls.crt"), &pair.cert_pem).unwrap();
+            let f = std::fs::File::options()
+                .write(true)
+                .open(dir.path().join("tls.crt"))
+                .unwrap();
+            f.set_modified(mtime).unwrap();
+        };
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        write("first", t0);
+        let files = CertFiles::new(dir.path()).unwrap();
+        let first = files.current().cert[0].clone();
+        assert_eq!(
+            files.current().cert[0],
+            first,
+            "unchanged files: same certificate"
+        );
+        write("second", t0 + std::time::Duration::from_secs(60));
+        assert_ne!(
+            files.current().cert[0],
+            first,
+            "a rotated tls.crt is served"
+        );
+        // A broken rotation keeps the last good pair.
+        std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
+        let second = files.current().cert[0].clone();
+        assert_ne!(second, first);
+    }
+
+    #[tokio::test]
+    async fn missing_certificate_fails_at_spawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = spawn_on(listener, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("tls.crt"), "{err}");
     }
 
     #[tokio::test]
