@@ -31,9 +31,11 @@
 //! - [`boot`] runs `qemu-system-x86_64 -machine q35 -m 1024`: OVMF (`OVMF_CODE_4M.fd` read-only
 //!   plus a writable copy of `OVMF_VARS_4M.fd`) for UEFI, SeaBIOS (no pflash) for Legacy; the
 //!   boot CD on `ide.0` (boot index 0), further CDs on `ide.1`..., USB sticks on a `qemu-xhci`
-//!   controller. KVM is used when `/dev/kvm` opens and really runs a guest (on nested or
-//!   restricted hosts KVM opens but fails with "KVM internal error": the runner sees that,
-//!   remembers it and boots with TCG); `BESKAR7_QEMU_ACCEL=tcg|kvm` forces one. A hard timeout
+//!   controller. KVM is used when `/dev/kvm` opens and really runs a guest: on nested or
+//!   restricted hosts (this project's machines) `/dev/kvm` opens but QEMU stops in the firmware
+//!   with "KVM internal error ... emulation failure"; the runner sees that (or any failure of
+//!   the first KVM boot), boots again with TCG and stays with TCG for the process.
+//!   `BESKAR7_QEMU_ACCEL=tcg|kvm` forces one. A hard timeout
 //!   fails with the serial log's tail. Boots are serialised within a process so their times
 //!   are comparable and two TCG guests do not starve a small machine.
 
@@ -818,6 +820,10 @@ impl BootOutput {
     }
 }
 
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
 fn tail_lines(s: &str, n: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(n)..].join("\n")
@@ -852,10 +858,17 @@ pub fn boot(spec: &VmSpec) -> Result<BootOutput> {
     static BOOTS: Mutex<()> = Mutex::new(());
     let _one_at_a_time = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let kvm = want_kvm();
+    let forced = std::env::var("BESKAR7_QEMU_ACCEL").is_ok();
     match boot_with(spec, kvm) {
-        Err(e) if kvm && format!("{e:#}").contains("KVM internal error") => {
+        // KVM not yet seen working: any failure (an internal error, a hang) may be KVM's, so
+        // the boot is retried once with TCG and KVM is not tried again in this process.
+        Err(e) if kvm && !forced && KVM_STATE.load(Ordering::Relaxed) != 1 => {
             KVM_STATE.store(2, Ordering::Relaxed);
-            tracing::warn!("KVM opens but cannot run the guest here; booting with TCG");
+            tracing::warn!("booting with KVM failed ({e:#}); booting with TCG");
+            eprintln!(
+                "beskar7-test vm: KVM opens but did not run the guest ({}); using TCG",
+                first_line(&format!("{e:#}"))
+            );
             boot_with(spec, false)
         }
         Ok(o) => {
@@ -954,7 +967,12 @@ fn boot_with(spec: &VmSpec, kvm: bool) -> Result<BootOutput> {
         if kvm && qlog.contains("KVM internal error") {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("KVM internal error:\n{}", tail_lines(&qlog, 5));
+            let why = qlog
+                .lines()
+                .filter(|l| l.contains("KVM") || l.contains("failure") || l.contains("warning"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            bail!("QEMU stopped in the guest with a KVM internal error: {why}");
         }
         if start.elapsed() > spec.timeout {
             let _ = child.kill();
