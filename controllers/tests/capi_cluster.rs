@@ -40,7 +40,7 @@ async fn kubeadm_cluster_on_three_hosts_reaches_running_and_scales_down() {
     let manager = start_manager(&cp, &[]);
     let hosts = enroll_lab(&client, NS, &lab, &[]).await;
     for h in &hosts {
-        eventually(&format!("{h} Available"), Duration::from_secs(120), Some(&manager), || async {
+        eventually(&format!("{h} Available"), Duration::from_secs(420), Some(&manager), || async {
             let s = hosts_by_state(&client).await;
             s.iter().any(|(n, st, _)| n == h && *st == Some(HostState::Available)).then_some(())
         })
@@ -103,9 +103,14 @@ async fn kubeadm_cluster_on_three_hosts_reaches_running_and_scales_down() {
         create_dynamic(&client, NS, group, version, kind, body).await;
     }
 
+    let _dump = spawn_progress_dump(client.clone(), NS, Duration::from_secs(60));
     // Every Machine gets a host, its providerID, a nodeRef from the stand-in's Node, and Running.
     let machines = dynamic_api(&client, NS, CAPI, "v1beta2", "Machine");
     let running = eventually("3 Machines Running", Duration::from_secs(420), Some(&manager), || async {
+        let errors = standin.errors();
+        if !errors.is_empty() {
+            eprintln!("stand-in errors so far: {errors:?}");
+        }
         let list = machines.list(&ListParams::default()).await.ok()?.items;
         let running: Vec<_> = list.iter().filter(|m| m.data["status"]["phase"] == "Running" && m.data["status"]["nodeRef"]["name"].is_string()).cloned().collect();
         (running.len() == 3).then_some(running)
@@ -132,7 +137,7 @@ async fn kubeadm_cluster_on_three_hosts_reaches_running_and_scales_down() {
     // Scale the MachineDeployment down: one host powers off, ejects, and is Available again.
     let mds = dynamic_api(&client, NS, CAPI, "v1beta2", "MachineDeployment");
     mds.patch("lab-md", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}}))).await.unwrap();
-    eventually("one host Available after scale-down", Duration::from_secs(240), Some(&manager), || async {
+    eventually("one host Available after scale-down", Duration::from_secs(420), Some(&manager), || async {
         let s = hosts_by_state(&client).await;
         (s.iter().filter(|(_, st, c)| *st == Some(HostState::Available) && !c).count() == 1).then_some(())
     })

@@ -503,10 +503,22 @@ fn load_capi_crds(
         .map(|path| {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| io_error(&format!("reading {}", path.display()), source))?;
-            serde_yaml::from_str(&text).map_err(|source| ControlPlaneError::ManifestInvalid {
-                path: path.clone(),
-                source,
-            })
+            let mut crd: CustomResourceDefinition =
+                serde_yaml::from_str(&text).map_err(|source| {
+                    ControlPlaneError::ManifestInvalid {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            // The bases lack the contract labels CAPI's kustomization adds to the kubeadm
+            // providers' CRDs; without them the core manager cannot resolve the version of a
+            // KubeadmControlPlane or KubeadmConfigTemplate and never adopts them.
+            if provider != CapiProvider::Core {
+                let labels = crd.metadata.labels.get_or_insert_with(Default::default);
+                labels.insert("cluster.x-k8s.io/v1beta1".into(), "v1beta1".into());
+                labels.insert("cluster.x-k8s.io/v1beta2".into(), "v1beta2".into());
+            }
+            Ok(crd)
         })
         .collect()
 }

@@ -55,14 +55,33 @@ impl WorkloadStandIn {
     /// Watches `systems` (all behind the lab's emulator, trusted with `lab_ca_pem`) for the
     /// cluster `cluster` in `namespace` of the management cluster `mgmt`, whose endpoint is
     /// `127.0.0.1:endpoint_port`.
-    pub fn start(mgmt: kube::Client, namespace: &str, cluster: &str, endpoint_port: u16, systems: Vec<LabSystem>, lab_ca_pem: String) -> Self {
+    pub fn start(
+        mgmt: kube::Client,
+        namespace: &str,
+        cluster: &str,
+        endpoint_port: u16,
+        systems: Vec<LabSystem>,
+        lab_ca_pem: String,
+    ) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
         let task = {
-            let (state, namespace, cluster) = (state.clone(), namespace.to_string(), cluster.to_string());
+            let (state, namespace, cluster) =
+                (state.clone(), namespace.to_string(), cluster.to_string());
             tokio::spawn(async move {
                 let work = tempfile::tempdir().expect("temp dir");
                 loop {
-                    if let Err(e) = pass(&mgmt, &namespace, &cluster, endpoint_port, &systems, &lab_ca_pem, &state, work.path()).await {
+                    if let Err(e) = pass(
+                        &mgmt,
+                        &namespace,
+                        &cluster,
+                        endpoint_port,
+                        &systems,
+                        &lab_ca_pem,
+                        &state,
+                        work.path(),
+                    )
+                    .await
+                    {
                         let mut s = state.lock().unwrap();
                         if s.errors.last().map(String::as_str) != Some(e.to_string().as_str()) {
                             s.errors.push(format!("{e:#}"));
@@ -77,12 +96,23 @@ impl WorkloadStandIn {
 
     /// Machines that booted and registered their Node.
     pub fn booted(&self) -> Vec<BootedNode> {
-        self.state.lock().unwrap().booted.values().cloned().collect()
+        self.state
+            .lock()
+            .unwrap()
+            .booted
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// A client of the workload cluster's API server, once it runs.
     pub fn workload_client(&self) -> Option<kube::Client> {
-        self.state.lock().unwrap().api_server.as_ref().map(|a| a.client())
+        self.state
+            .lock()
+            .unwrap()
+            .api_server
+            .as_ref()
+            .map(|a| a.client())
     }
 
     /// What went wrong so far (for test failure messages).
@@ -92,17 +122,38 @@ impl WorkloadStandIn {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn pass(mgmt: &kube::Client, ns: &str, cluster: &str, port: u16, systems: &[LabSystem], ca: &str, state: &Arc<Mutex<State>>, work: &Path) -> Result<()> {
+async fn pass(
+    mgmt: &kube::Client,
+    ns: &str,
+    cluster: &str,
+    port: u16,
+    systems: &[LabSystem],
+    ca: &str,
+    state: &Arc<Mutex<State>>,
+    work: &Path,
+) -> Result<()> {
     let api_server = state.lock().unwrap().api_server.clone();
     let api_server = match api_server {
         Some(a) => a,
         None => {
             // The endpoint's API server needs the cluster CA, which KubeadmControlPlane creates.
             let secrets: Api<Secret> = Api::namespaced(mgmt.clone(), ns);
-            let Some(ca_secret) = secrets.get_opt(&format!("{cluster}-ca")).await? else { return Ok(()) };
+            let Some(ca_secret) = secrets.get_opt(&format!("{cluster}-ca")).await? else {
+                return Ok(());
+            };
             let data = ca_secret.data.unwrap_or_default();
-            let get = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned()).with_context(|| format!("{cluster}-ca has no {k}"));
-            let cp = ControlPlane::builder().with_ca(&get("tls.crt")?, &get("tls.key")?).api_server_port(port).start().await?;
+            let get = |k: &str| {
+                data.get(k)
+                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                    .with_context(|| format!("{cluster}-ca has no {k}"))
+            };
+            let key = pkcs8(&get("tls.key")?)?;
+            let cp = ControlPlane::builder()
+                .with_ca(&get("tls.crt")?, &key)
+                .api_server_port(port)
+                .start()
+                .await
+                .context("starting the workload API server")?;
             let cp = Arc::new(cp);
             state.lock().unwrap().api_server = Some(cp.clone());
             cp
@@ -111,16 +162,48 @@ async fn pass(mgmt: &kube::Client, ns: &str, cluster: &str, port: u16, systems: 
     let workload = api_server.client();
     let known: BTreeSet<String> = state.lock().unwrap().booted.keys().cloned().collect();
     for s in systems {
-        let Some(node) = boot(s, ca, &known, work).await? else { continue };
+        let Some(node) = boot(s, ca, &known, work).await? else {
+            continue;
+        };
         register(&workload, &node).await?;
-        state.lock().unwrap().booted.insert(node.boot_url.clone(), node);
+        state
+            .lock()
+            .unwrap()
+            .booted
+            .insert(node.boot_url.clone(), node);
     }
     Ok(())
 }
 
+/// KubeadmControlPlane writes PKCS#1 RSA keys; rcgen reads PKCS#8. openssl converts.
+fn pkcs8(key_pem: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("openssl")
+        .arg("pkey")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("openssl (Debian package openssl)")?;
+    child.stdin.take().context("openssl stdin")?.write_all(key_pem.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("openssl pkey: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// If the system is on with one of our boot ISOs not seen before: read its config as the OS would.
-async fn boot(s: &LabSystem, ca: &str, known: &BTreeSet<String>, work: &Path) -> Result<Option<BootedNode>> {
-    let mut config = redfish::ClientConfig::new(s.address.clone(), redfish::Credentials::new(s.username.clone(), s.password.clone()));
+async fn boot(
+    s: &LabSystem,
+    ca: &str,
+    known: &BTreeSet<String>,
+    work: &Path,
+) -> Result<Option<BootedNode>> {
+    let mut config = redfish::ClientConfig::new(
+        s.address.clone(),
+        redfish::Credentials::new(s.username.clone(), s.password.clone()),
+    );
     config.tls = redfish::Tls::CaBundle(ca.as_bytes().to_vec());
     let client = redfish::Client::new(config)?;
     let d = client.discover(Some(&s.system_id)).await?;
@@ -133,21 +216,45 @@ async fn boot(s: &LabSystem, ca: &str, known: &BTreeSet<String>, work: &Path) ->
         let fresh = client.read_slot(&slot.path).await?;
         match fresh.media.current_image() {
             Some(i) if i.ends_with("/boot.iso") => boot_url = Some(i.to_string()),
-            Some(i) if i.ends_with("/config.iso") || i.ends_with("/config.img") => volume_url = Some(i.to_string()),
+            Some(i) if i.ends_with("/config.iso") || i.ends_with("/config.img") => {
+                volume_url = Some(i.to_string())
+            }
             _ => {}
         }
     }
-    let Some(boot_url) = boot_url.filter(|u| !known.contains(u)) else { return Ok(None) };
-    let Some(volume_url) = volume_url else {
-        bail!("{}: booted {boot_url} without a config volume; the stand-in reads meta-data from the volume", s.name);
+    let Some(boot_url) = boot_url.filter(|u| !known.contains(u)) else {
+        return Ok(None);
     };
-    let bytes = reqwest::get(&volume_url).await?.error_for_status()?.bytes().await?;
+    let Some(volume_url) = volume_url else {
+        bail!(
+            "{}: booted {boot_url} without a config volume; the stand-in reads meta-data from the volume",
+            s.name
+        );
+    };
+    let bytes = reqwest::get(&volume_url)
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
     let path = work.join(format!("{}-volume", s.name));
     std::fs::write(&path, &bytes)?;
     let files = read_volume(&path, volume_url.ends_with(".iso"))?;
-    let meta: serde_yaml::Value = serde_yaml::from_slice(files.get("meta-data").context("config volume has no meta-data")?)?;
-    let text = |k: &str| meta.get(k).and_then(|v| v.as_str()).map(str::to_string).with_context(|| format!("meta-data has no {k}"));
-    let user = files.get("user-data").or_else(|| files.get("config.yaml")).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    let meta: serde_yaml::Value = serde_yaml::from_slice(
+        files
+            .get("meta-data")
+            .context("config volume has no meta-data")?,
+    )?;
+    let text = |k: &str| {
+        meta.get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .with_context(|| format!("meta-data has no {k}"))
+    };
+    let user = files
+        .get("user-data")
+        .or_else(|| files.get("config.yaml"))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
     Ok(Some(BootedNode {
         node_name: text("local-hostname")?,
         provider_id: text("provider-id")?,
@@ -194,12 +301,24 @@ async fn register(workload: &kube::Client, node: &BootedNode) -> Result<()> {
         "metadata": {"name": node.node_name, "labels": labels},
         "spec": {"providerID": node.provider_id},
     });
-    nodes.patch(&node.node_name, &PatchParams::apply("beskar7-standin").force(), &Patch::Apply(&body)).await?;
+    nodes
+        .patch(
+            &node.node_name,
+            &PatchParams::apply("beskar7-standin").force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let status = serde_json::json!({
         "apiVersion": "v1", "kind": "Node",
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "stand-in kubelet", "lastHeartbeatTime": now, "lastTransitionTime": now}]},
     });
-    nodes.patch_status(&node.node_name, &PatchParams::apply("beskar7-standin").force(), &Patch::Apply(&status)).await?;
+    nodes
+        .patch_status(
+            &node.node_name,
+            &PatchParams::apply("beskar7-standin").force(),
+            &Patch::Apply(&status),
+        )
+        .await?;
     Ok(())
 }

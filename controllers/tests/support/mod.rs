@@ -49,3 +49,43 @@ pub async fn create_dynamic(client: &Client, ns: &str, group: &str, version: &st
 pub fn dynamic_api(client: &Client, ns: &str, group: &str, version: &str, kind: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind)))
 }
+
+/// Prints the state of CAPI and Beskar7 objects every `every` (shown when a test fails), so a
+/// timeout says where things stopped.
+pub fn spawn_progress_dump(client: Client, ns: &'static str, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let mut out = String::from("---- progress ----\n");
+            for (group, version, kind) in [
+                ("cluster.x-k8s.io", "v1beta2", "Cluster"),
+                ("controlplane.cluster.x-k8s.io", "v1beta2", "KubeadmControlPlane"),
+                ("cluster.x-k8s.io", "v1beta2", "Machine"),
+                ("bootstrap.cluster.x-k8s.io", "v1beta2", "KubeadmConfig"),
+                ("infrastructure.cluster.x-k8s.io", "v1alpha1", "Beskar7Machine"),
+                ("infrastructure.cluster.x-k8s.io", "v1alpha1", "Beskar7Cluster"),
+                ("infrastructure.cluster.x-k8s.io", "v1alpha1", "PhysicalHost"),
+            ] {
+                let Ok(list) = dynamic_api(&client, ns, group, version, kind).list(&Default::default()).await else { continue };
+                for o in list.items {
+                    let conds: Vec<String> = o.data["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|c| c["status"] != "True")
+                        .map(|c| format!("{}={} {}: {}", c["type"].as_str().unwrap_or(""), c["status"].as_str().unwrap_or(""), c["reason"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or("").chars().take(160).collect::<String>()))
+                        .collect();
+                    out.push_str(&format!(
+                        "{kind} {} phase={} state={} init={} | {}\n",
+                        o.metadata.name.as_deref().unwrap_or(""),
+                        o.data["status"]["phase"].as_str().unwrap_or("-"),
+                        o.data["status"]["state"].as_str().unwrap_or("-"),
+                        o.data["status"]["initialization"],
+                        conds.join("; ")
+                    ));
+                }
+            }
+            eprintln!("{out}");
+        }
+    })
+}
