@@ -23,6 +23,9 @@ BIN="${OUT}/bin"
 mkdir -p "${BIN}"
 
 command -v go >/dev/null || { echo "testbin: 'go' not found in PATH; install Go >= 1.26" >&2; exit 1; }
+# Never let 'go' download a newer toolchain (a prebuilt binary) when the wrappers' 'go 1.26.0'
+# line is newer than the installed Go: fail with Go's "requires go >= ..." message instead.
+export GOTOOLCHAIN=local
 # /usr/bin/time (Debian package 'time', installed by hack/ensure-debs.sh) reports the peak RSS.
 TIME_BIN=""
 [ -x /usr/bin/time ] && TIME_BIN=/usr/bin/time
