@@ -29,11 +29,17 @@ pub fn clusters(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(v, |v, k| v.get(*k))?.as_str().filter(|s| !s.is_empty())
+    path.iter()
+        .try_fold(v, |v, k| v.get(*k))?
+        .as_str()
+        .filter(|s| !s.is_empty())
 }
 
 fn bool_at(v: &Value, path: &[&str]) -> bool {
-    path.iter().try_fold(v, |v, k| v.get(*k)).and_then(Value::as_bool).unwrap_or(false)
+    path.iter()
+        .try_fold(v, |v, k| v.get(*k))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// What we read of a CAPI Machine.
@@ -55,8 +61,14 @@ impl Machine {
             uid: obj.metadata.uid.clone(),
             cluster_name: str_at(d, &["spec", "clusterName"])
                 .map(str::to_string)
-                .or_else(|| obj.metadata.labels.as_ref().and_then(|l| l.get(CLUSTER_NAME_LABEL).cloned())),
-            bootstrap_data_secret: str_at(d, &["spec", "bootstrap", "dataSecretName"]).map(str::to_string),
+                .or_else(|| {
+                    obj.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(CLUSTER_NAME_LABEL).cloned())
+                }),
+            bootstrap_data_secret: str_at(d, &["spec", "bootstrap", "dataSecretName"])
+                .map(str::to_string),
             failure_domain: str_at(d, &["spec", "failureDomain"]).map(str::to_string),
         }
     }
@@ -76,7 +88,10 @@ impl Cluster {
         Self {
             name: obj.metadata.name.clone().unwrap_or_default(),
             paused: bool_at(d, &["spec", "paused"]),
-            infrastructure_provisioned: bool_at(d, &["status", "initialization", "infrastructureProvisioned"]),
+            infrastructure_provisioned: bool_at(
+                d,
+                &["status", "initialization", "infrastructureProvisioned"],
+            ),
         }
     }
 }
@@ -84,13 +99,18 @@ impl Cluster {
 /// Name of the owner of `kind` from CAPI (`cluster.x-k8s.io/*`) among the ownerReferences.
 pub fn owner_name(meta: &ObjectMeta, kind: &str) -> Option<String> {
     meta.owner_references.iter().flatten().find_map(|o| {
-        (o.kind == kind && o.api_version.split('/').next() == Some(CAPI_GROUP)).then(|| o.name.clone())
+        (o.kind == kind && o.api_version.split('/').next() == Some(CAPI_GROUP))
+            .then(|| o.name.clone())
     })
 }
 
 /// Paused when the Cluster says so or the object carries the paused annotation.
 pub fn is_paused(cluster: Option<&Cluster>, meta: &ObjectMeta) -> bool {
-    cluster.is_some_and(|c| c.paused) || meta.annotations.as_ref().is_some_and(|a| a.contains_key(PAUSED_ANNOTATION))
+    cluster.is_some_and(|c| c.paused)
+        || meta
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(PAUSED_ANNOTATION))
 }
 
 #[cfg(test)]
@@ -109,7 +129,11 @@ mod tests {
         assert_eq!(m.failure_domain.as_deref(), Some("rack-a"));
 
         obj.data = json!({"spec": {"clusterName": "c1", "bootstrap": {"dataSecretName": ""}}});
-        assert_eq!(Machine::from_object(&obj).bootstrap_data_secret, None, "an empty name is no data yet");
+        assert_eq!(
+            Machine::from_object(&obj).bootstrap_data_secret,
+            None,
+            "an empty name is no data yet"
+        );
     }
 
     #[test]
@@ -122,12 +146,21 @@ mod tests {
             ..Default::default()
         };
         let meta = ObjectMeta {
-            owner_references: Some(vec![owner("example.com/v1", "Machine"), owner("cluster.x-k8s.io/v1beta2", "Machine")]),
+            owner_references: Some(vec![
+                owner("example.com/v1", "Machine"),
+                owner("cluster.x-k8s.io/v1beta2", "Machine"),
+            ]),
             ..Default::default()
         };
-        assert_eq!(owner_name(&meta, "Machine").as_deref(), Some("Machine-owner"));
+        assert_eq!(
+            owner_name(&meta, "Machine").as_deref(),
+            Some("Machine-owner")
+        );
         assert_eq!(owner_name(&meta, "Cluster"), None);
-        let foreign = ObjectMeta { owner_references: Some(vec![owner("example.com/v1", "Machine")]), ..Default::default() };
+        let foreign = ObjectMeta {
+            owner_references: Some(vec![owner("example.com/v1", "Machine")]),
+            ..Default::default()
+        };
         assert_eq!(owner_name(&foreign, "Machine"), None);
     }
 

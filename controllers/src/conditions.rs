@@ -47,7 +47,9 @@ pub fn set(
 }
 
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {

@@ -62,7 +62,10 @@ impl Context {
 
     /// The artifact token of one claim of one host: 256 bits, unguessable without the key.
     pub fn artifact_token(&self, host_uid: &str, consumer: &str) -> String {
-        let tag = ring::hmac::sign(&self.token_key, format!("{host_uid}\n{consumer}").as_bytes());
+        let tag = ring::hmac::sign(
+            &self.token_key,
+            format!("{host_uid}\n{consumer}").as_bytes(),
+        );
         tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
     }
 
@@ -97,7 +100,12 @@ pub struct BmcPool {
 }
 
 impl BmcPool {
-    pub fn client(&self, key: &str, target: BmcTarget, settings: &Settings) -> Result<redfish::Client> {
+    pub fn client(
+        &self,
+        key: &str,
+        target: BmcTarget,
+        settings: &Settings,
+    ) -> Result<redfish::Client> {
         let mut clients = self.clients.lock().unwrap();
         if let Some((fp, c)) = clients.get(key)
             && *fp == target.fingerprint
@@ -108,7 +116,9 @@ impl BmcPool {
         config.tls = target.tls;
         config.max_concurrency = settings.bmc_concurrency;
         let client = redfish::Client::new(config)?;
-        if let Some((_, old)) = clients.insert(key.to_string(), (target.fingerprint, client.clone())) {
+        if let Some((_, old)) =
+            clients.insert(key.to_string(), (target.fingerprint, client.clone()))
+        {
             tokio::spawn(async move {
                 let _ = old.logout().await;
             });
@@ -126,7 +136,13 @@ impl BmcPool {
 
     /// Ends every session (graceful shutdown).
     pub async fn logout_all(&self) {
-        let all: Vec<_> = self.clients.lock().unwrap().drain().map(|(_, (_, c))| c).collect();
+        let all: Vec<_> = self
+            .clients
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, (_, c))| c)
+            .collect();
         for c in all {
             let _ = c.logout().await;
         }
@@ -137,7 +153,11 @@ fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
     if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
         return Some(v.0.clone());
     }
-    secret.string_data.as_ref().and_then(|d| d.get(key)).map(|s| s.clone().into_bytes())
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|s| s.clone().into_bytes())
 }
 
 /// Largest credential we accept: anything longer is a mistake, not a password.
@@ -149,14 +169,24 @@ pub async fn bmc_target(client: &kube::Client, host: &PhysicalHost) -> Result<Bm
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let conn = &host.spec.redfish_connection;
     let name = &conn.credentials_secret_ref;
-    let cred_err = |problem: &str| Error::Credentials { secret: format!("{ns}/{name}"), problem: problem.to_string() };
-    let secret = secrets.get_opt(name).await?.ok_or_else(|| cred_err("not found"))?;
+    let cred_err = |problem: &str| Error::Credentials {
+        secret: format!("{ns}/{name}"),
+        problem: problem.to_string(),
+    };
+    let secret = secrets
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| cred_err("not found"))?;
     let field = |key: &str| -> Result<String> {
-        let raw = secret_value(&secret, key).ok_or_else(|| cred_err(&format!("has no key {key:?}")))?;
+        let raw =
+            secret_value(&secret, key).ok_or_else(|| cred_err(&format!("has no key {key:?}")))?;
         if raw.len() > MAX_CREDENTIAL_BYTES {
-            return Err(cred_err(&format!("key {key:?} is longer than {MAX_CREDENTIAL_BYTES} bytes")));
+            return Err(cred_err(&format!(
+                "key {key:?} is longer than {MAX_CREDENTIAL_BYTES} bytes"
+            )));
         }
-        let text = String::from_utf8(raw).map_err(|_| cred_err(&format!("key {key:?} is not UTF-8")))?;
+        let text =
+            String::from_utf8(raw).map_err(|_| cred_err(&format!("key {key:?} is not UTF-8")))?;
         let text = text.trim_end_matches(['\n', '\r']).to_string();
         if text.is_empty() {
             return Err(cred_err(&format!("key {key:?} is empty")));
@@ -173,10 +203,18 @@ pub async fn bmc_target(client: &kube::Client, host: &PhysicalHost) -> Result<Bm
     secret.resource_version().hash(&mut h);
 
     let tls = if let Some(ca_name) = &conn.ca_bundle_secret_ref {
-        let ca_err = |problem: &str| Error::CaBundle { secret: format!("{ns}/{ca_name}"), problem: problem.to_string() };
-        let ca = secrets.get_opt(ca_name).await?.ok_or_else(|| ca_err("not found"))?;
+        let ca_err = |problem: &str| Error::CaBundle {
+            secret: format!("{ns}/{ca_name}"),
+            problem: problem.to_string(),
+        };
+        let ca = secrets
+            .get_opt(ca_name)
+            .await?
+            .ok_or_else(|| ca_err("not found"))?;
         ca.resource_version().hash(&mut h);
-        redfish::Tls::CaBundle(secret_value(&ca, "ca.crt").ok_or_else(|| ca_err("has no key \"ca.crt\""))?)
+        redfish::Tls::CaBundle(
+            secret_value(&ca, "ca.crt").ok_or_else(|| ca_err("has no key \"ca.crt\""))?,
+        )
     } else if conn.insecure_skip_verify == Some(true) {
         redfish::Tls::Insecure
     } else {

@@ -22,13 +22,17 @@ fn now() -> MicroTime {
 }
 
 fn identity() -> String {
-    let host = std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "beskar7".into());
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "beskar7".into());
     format!("{host}_{}", std::process::id())
 }
 
 /// Whether a lease held by someone else has expired.
 fn expired(spec: &LeaseSpec) -> bool {
-    let Some(renew) = &spec.renew_time else { return true };
+    let Some(renew) = &spec.renew_time else {
+        return true;
+    };
     let duration = spec.lease_duration_seconds.unwrap_or(15) as i64;
     let age = k8s_openapi::jiff::Timestamp::now().as_second() - renew.0.as_second();
     age > duration
@@ -36,7 +40,12 @@ fn expired(spec: &LeaseSpec) -> bool {
 
 impl Lease {
     /// Blocks until this process holds the lease.
-    pub async fn acquire(client: kube::Client, namespace: &str, name: &str, duration: Duration) -> anyhow::Result<Lease> {
+    pub async fn acquire(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        duration: Duration,
+    ) -> anyhow::Result<Lease> {
         let api: Api<KubeLease> = Api::namespaced(client, namespace);
         let me = identity();
         info!(lease = %format!("{namespace}/{name}"), identity = %me, "waiting for leadership");
@@ -68,7 +77,13 @@ impl Lease {
                 let _ = tx.send(true);
             })
         };
-        Ok(Lease { api, name: name.to_string(), identity: me, lost, renewer })
+        Ok(Lease {
+            api,
+            name: name.to_string(),
+            identity: me,
+            lost,
+            renewer,
+        })
     }
 
     /// Resolves when leadership is lost.
@@ -81,25 +96,37 @@ impl Lease {
     pub async fn release(self) {
         self.renewer.abort();
         if let Ok(mut l) = self.api.get(&self.name).await
-            && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.identity.as_str())
+            && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
+                == Some(self.identity.as_str())
         {
             if let Some(spec) = l.spec.as_mut() {
                 spec.holder_identity = None;
                 spec.renew_time = None;
             }
-            let _ = self.api.replace(&self.name, &PostParams::default(), &l).await;
+            let _ = self
+                .api
+                .replace(&self.name, &PostParams::default(), &l)
+                .await;
             info!("released the leader-election lease");
         }
     }
 }
 
 /// Takes or renews the lease; `false` when another holder's lease is still valid.
-async fn try_take(api: &Api<KubeLease>, name: &str, me: &str, duration: Duration) -> Result<bool, kube::Error> {
+async fn try_take(
+    api: &Api<KubeLease>,
+    name: &str,
+    me: &str,
+    duration: Duration,
+) -> Result<bool, kube::Error> {
     let seconds = duration.as_secs().max(1) as i32;
     match api.get_opt(name).await? {
         None => {
             let lease = KubeLease {
-                metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(me.into()),
                     lease_duration_seconds: Some(seconds),

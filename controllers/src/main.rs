@@ -50,7 +50,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Manager { args, log_format } => {
             beskar7_controllers::telemetry::init(&log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(beskar7_controllers::manager::run(*args))?;
         }
         Command::Crds { out_dir } => match out_dir {

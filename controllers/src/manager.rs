@@ -53,10 +53,18 @@ pub struct ManagerArgs {
     #[arg(long, default_value_t = 15)]
     pub leader_lease_seconds: u64,
     /// Prometheus metrics listen address (`0` disables).
-    #[arg(long, env = "BESKAR7_METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "BESKAR7_METRICS_BIND_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
     pub metrics_bind_address: String,
     /// Health (`/healthz`) and readiness (`/readyz`) probe listen address.
-    #[arg(long, env = "BESKAR7_HEALTH_PROBE_BIND_ADDRESS", default_value = "0.0.0.0:8081")]
+    #[arg(
+        long,
+        env = "BESKAR7_HEALTH_PROBE_BIND_ADDRESS",
+        default_value = "0.0.0.0:8081"
+    )]
     pub health_probe_bind_address: SocketAddr,
     /// Concurrent reconciles per controller.
     #[arg(long, env = "BESKAR7_CONCURRENCY", default_value_t = 10)]
@@ -85,15 +93,24 @@ struct Probes {
 fn token_key(path: Option<&PathBuf>) -> anyhow::Result<ring::hmac::Key> {
     let bytes = match path {
         Some(p) => {
-            let b = std::fs::read(p).map_err(|e| anyhow::anyhow!("artifact token key file {}: {e}", p.display()))?;
-            anyhow::ensure!(b.len() >= 16, "artifact token key file {} holds fewer than 16 bytes", p.display());
+            let b = std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("artifact token key file {}: {e}", p.display()))?;
+            anyhow::ensure!(
+                b.len() >= 16,
+                "artifact token key file {} holds fewer than 16 bytes",
+                p.display()
+            );
             b
         }
         None => {
             use ring::rand::SecureRandom;
             let mut b = vec![0u8; 32];
-            ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| anyhow::anyhow!("OS random number generator failed"))?;
-            tracing::warn!("no --artifact-token-key-file: artifact URLs change when the manager restarts");
+            ring::rand::SystemRandom::new()
+                .fill(&mut b)
+                .map_err(|_| anyhow::anyhow!("OS random number generator failed"))?;
+            tracing::warn!(
+                "no --artifact-token-key-file: artifact URLs change when the manager restarts"
+            );
             b
         }
     };
@@ -105,17 +122,27 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let client = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
             kube::Client::try_from(config)?
         }
         None => kube::Client::try_default().await?,
     };
     let metrics = Arc::new(Metrics::default());
-    let probes = Probes { ready: Arc::new(AtomicBool::new(false)), metrics: metrics.clone(), hosts: Default::default() };
+    let probes = Probes {
+        ready: Arc::new(AtomicBool::new(false)),
+        metrics: metrics.clone(),
+        hosts: Default::default(),
+    };
     let shutdown = tokio_util_shutdown();
 
     // Probes and metrics answer from the start: liveness before leadership.
-    spawn_http(args.health_probe_bind_address, probe_router(probes.clone()), "health probes").await?;
+    spawn_http(
+        args.health_probe_bind_address,
+        probe_router(probes.clone()),
+        "health probes",
+    )
+    .await?;
     if args.metrics_bind_address != "0" {
         let addr: SocketAddr = args.metrics_bind_address.parse()?;
         spawn_http(addr, metrics_router(probes.clone()), "metrics").await?;
@@ -137,7 +164,13 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
 
     let mut lease = None;
     if args.leader_elect {
-        let l = leader::Lease::acquire(client.clone(), &args.leader_election_namespace, &args.leader_election_id, Duration::from_secs(args.leader_lease_seconds)).await?;
+        let l = leader::Lease::acquire(
+            client.clone(),
+            &args.leader_election_namespace,
+            &args.leader_election_id,
+            Duration::from_secs(args.leader_lease_seconds),
+        )
+        .await?;
         lease = Some(l);
     }
 
@@ -152,7 +185,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         artifacts: store,
         token_key: token_key(args.artifact_token_key_file.as_ref())?,
         bmcs: BmcPool::default(),
-        reporter: Reporter { controller: "beskar7".into(), instance: std::env::var("POD_NAME").ok() },
+        reporter: Reporter {
+            controller: "beskar7".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
         metrics: metrics.clone(),
         failures: Default::default(),
     });
@@ -164,7 +200,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     };
     fn namespaced<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
         K::DynamicType: Default,
     {
         match ns {
@@ -180,66 +219,143 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
 
     // PhysicalHost: woken by its credentials / CA Secrets.
-    let host_ctrl = Controller::new(namespaced::<PhysicalHost>(&client, &ns), watcher::Config::default()).with_config(config.clone());
+    let host_ctrl = Controller::new(
+        namespaced::<PhysicalHost>(&client, &ns),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone());
     let host_store = host_ctrl.store();
     let _ = probes.hosts.set(host_store.clone());
     let hosts_for_secret = host_store.clone();
     let host_ctrl = host_ctrl
-        .watches(namespaced::<Secret>(&client, &ns), watcher::Config::default(), move |secret: Secret| {
-            let ns = secret.namespace();
-            let name = secret.name_any();
-            hosts_for_secret
-                .state()
-                .into_iter()
-                .filter(|h| h.namespace() == ns && (h.spec.redfish_connection.credentials_secret_ref == name || h.spec.redfish_connection.ca_bundle_secret_ref.as_deref() == Some(name.as_str())))
-                .map(|h| ObjectRef::from_obj(&*h))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            namespaced::<Secret>(&client, &ns),
+            watcher::Config::default(),
+            move |secret: Secret| {
+                let ns = secret.namespace();
+                let name = secret.name_any();
+                hosts_for_secret
+                    .state()
+                    .into_iter()
+                    .filter(|h| {
+                        h.namespace() == ns
+                            && (h.spec.redfish_connection.credentials_secret_ref == name
+                                || h.spec.redfish_connection.ca_bundle_secret_ref.as_deref()
+                                    == Some(name.as_str()))
+                    })
+                    .map(|h| ObjectRef::from_obj(&*h))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown.clone().wait())
-        .run(timed(host::reconcile, "physicalhost"), host::error_policy, ctx.clone());
+        .run(
+            timed(host::reconcile, "physicalhost"),
+            host::error_policy,
+            ctx.clone(),
+        );
 
     // Beskar7Machine: woken by its host, its CAPI Machine, and its Cluster.
-    let machine_ctrl = Controller::new(namespaced::<Beskar7Machine>(&client, &ns), filtered()).with_config(config.clone());
+    let machine_ctrl = Controller::new(namespaced::<Beskar7Machine>(&client, &ns), filtered())
+        .with_config(config.clone());
     let machine_store = machine_ctrl.store();
     let machines_for_cluster = machine_store.clone();
     let machine_ctrl = machine_ctrl
-        .watches(namespaced::<PhysicalHost>(&client, &ns), watcher::Config::default(), |h: PhysicalHost| {
-            h.spec.consumer_ref.as_ref().filter(|c| c.kind.as_deref().is_none_or(|k| k == "Beskar7Machine")).map(|c| {
-                ObjectRef::<Beskar7Machine>::new(&c.name).within(&c.namespace.clone().or_else(|| h.namespace()).unwrap_or_default())
-            })
-        })
-        .watches_with(dyn_api("Machine"), capi::resource("Machine"), filtered(), |m: DynamicObject| infra_ref::<Beskar7Machine>(&m, "Beskar7Machine"))
-        .watches_with(dyn_api("Cluster"), capi::resource("Cluster"), filtered(), move |c: DynamicObject| {
-            let (ns, name) = (c.namespace(), c.name_any());
-            machines_for_cluster
-                .state()
-                .into_iter()
-                .filter(|m| m.namespace() == ns && m.labels().get(capi::CLUSTER_NAME_LABEL) == Some(&name))
-                .map(|m| ObjectRef::from_obj(&*m))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            namespaced::<PhysicalHost>(&client, &ns),
+            watcher::Config::default(),
+            |h: PhysicalHost| {
+                h.spec
+                    .consumer_ref
+                    .as_ref()
+                    .filter(|c| c.kind.as_deref().is_none_or(|k| k == "Beskar7Machine"))
+                    .map(|c| {
+                        ObjectRef::<Beskar7Machine>::new(&c.name).within(
+                            &c.namespace
+                                .clone()
+                                .or_else(|| h.namespace())
+                                .unwrap_or_default(),
+                        )
+                    })
+            },
+        )
+        .watches_with(
+            dyn_api("Machine"),
+            capi::resource("Machine"),
+            filtered(),
+            |m: DynamicObject| infra_ref::<Beskar7Machine>(&m, "Beskar7Machine"),
+        )
+        .watches_with(
+            dyn_api("Cluster"),
+            capi::resource("Cluster"),
+            filtered(),
+            move |c: DynamicObject| {
+                let (ns, name) = (c.namespace(), c.name_any());
+                machines_for_cluster
+                    .state()
+                    .into_iter()
+                    .filter(|m| {
+                        m.namespace() == ns
+                            && m.labels().get(capi::CLUSTER_NAME_LABEL) == Some(&name)
+                    })
+                    .map(|m| ObjectRef::from_obj(&*m))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown.clone().wait())
-        .run(timed(machine::reconcile, "beskar7machine"), machine::error_policy, ctx.clone());
+        .run(
+            timed(machine::reconcile, "beskar7machine"),
+            machine::error_policy,
+            ctx.clone(),
+        );
 
     // Beskar7Cluster: woken by its CAPI Cluster and by hosts (their zones are failure domains).
-    let cluster_ctrl = Controller::new(namespaced::<Beskar7Cluster>(&client, &ns), filtered()).with_config(config.clone());
+    let cluster_ctrl = Controller::new(namespaced::<Beskar7Cluster>(&client, &ns), filtered())
+        .with_config(config.clone());
     let clusters = cluster_ctrl.store();
     let cluster_ctrl = cluster_ctrl
-        .watches_with(dyn_api("Cluster"), capi::resource("Cluster"), filtered(), |c: DynamicObject| infra_ref::<Beskar7Cluster>(&c, "Beskar7Cluster"))
-        .watches(namespaced::<PhysicalHost>(&client, &ns), watcher::Config::default(), move |h: PhysicalHost| same_namespace(&clusters, h.namespace()))
+        .watches_with(
+            dyn_api("Cluster"),
+            capi::resource("Cluster"),
+            filtered(),
+            |c: DynamicObject| infra_ref::<Beskar7Cluster>(&c, "Beskar7Cluster"),
+        )
+        .watches(
+            namespaced::<PhysicalHost>(&client, &ns),
+            watcher::Config::default(),
+            move |h: PhysicalHost| same_namespace(&clusters, h.namespace()),
+        )
         .graceful_shutdown_on(shutdown.clone().wait())
-        .run(timed(cluster::reconcile, "beskar7cluster"), cluster::error_policy, ctx.clone());
+        .run(
+            timed(cluster::reconcile, "beskar7cluster"),
+            cluster::error_policy,
+            ctx.clone(),
+        );
 
     // Beskar7MachineTemplate: woken by hosts in its namespace.
-    let template_ctrl = Controller::new(namespaced::<Beskar7MachineTemplate>(&client, &ns), filtered()).with_config(config);
+    let template_ctrl = Controller::new(
+        namespaced::<Beskar7MachineTemplate>(&client, &ns),
+        filtered(),
+    )
+    .with_config(config);
     let templates = template_ctrl.store();
     let template_ctrl = template_ctrl
-        .watches(namespaced::<PhysicalHost>(&client, &ns), watcher::Config::default(), move |h: PhysicalHost| same_namespace(&templates, h.namespace()))
+        .watches(
+            namespaced::<PhysicalHost>(&client, &ns),
+            watcher::Config::default(),
+            move |h: PhysicalHost| same_namespace(&templates, h.namespace()),
+        )
         .graceful_shutdown_on(shutdown.clone().wait())
-        .run(timed(template::reconcile, "beskar7machinetemplate"), template::error_policy, ctx.clone());
+        .run(
+            timed(template::reconcile, "beskar7machinetemplate"),
+            template::error_policy,
+            ctx.clone(),
+        );
 
     probes.ready.store(true, Ordering::SeqCst);
-    info!(elapsed_ms = started.elapsed().as_millis() as u64, "manager ready");
+    info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "manager ready"
+    );
 
     let drain = |s: futures::stream::BoxStream<'static, ()>| s;
     let all = futures::stream::select_all([
@@ -271,7 +387,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
 }
 
 /// Wraps a reconcile with duration and result metrics.
-fn timed<K, F, Fut>(f: F, name: &'static str) -> impl Fn(Arc<K>, Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
+fn timed<K, F, Fut>(
+    f: F,
+    name: &'static str,
+) -> impl Fn(Arc<K>, Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
 where
     F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + 'static + Copy,
     Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
@@ -303,11 +422,18 @@ fn same_namespace<K>(store: &Store<K>, ns: Option<String>) -> Vec<ObjectRef<K>>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    store.state().into_iter().filter(|o| o.namespace() == ns).map(|o| ObjectRef::from_obj(&*o)).collect()
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.namespace() == ns)
+        .map(|o| ObjectRef::from_obj(&*o))
+        .collect()
 }
 
 async fn spawn_http(addr: SocketAddr, router: Router, what: &'static str) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("{what} on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{what} on {addr}: {e}"))?;
     info!(%addr, "{what} listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
@@ -323,7 +449,11 @@ fn probe_router(p: Probes) -> Router {
         .route(
             "/readyz",
             get(|State(p): State<Probes>| async move {
-                if p.ready.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+                if p.ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
             }),
         )
         .with_state(p)
@@ -360,7 +490,8 @@ impl Shutdown {
 fn tokio_util_shutdown() -> Shutdown {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

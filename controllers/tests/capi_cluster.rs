@@ -25,78 +25,142 @@ async fn hosts_by_state(client: &kube::Client) -> Vec<(String, Option<HostState>
         .unwrap()
         .items
         .into_iter()
-        .map(|h| (h.metadata.name.clone().unwrap(), h.status.and_then(|s| s.state), h.spec.consumer_ref.is_some()))
+        .map(|h| {
+            (
+                h.metadata.name.clone().unwrap(),
+                h.status.and_then(|s| s.state),
+                h.spec.consumer_ref.is_some(),
+            )
+        })
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubeadm_cluster_on_three_hosts_reaches_running_and_scales_down() {
     beskar7_test::install_crypto_provider();
-    let cp = ControlPlane::builder().with_capi().start().await.expect("control plane with CAPI");
+    let cp = ControlPlane::builder()
+        .with_capi()
+        .start()
+        .await
+        .expect("control plane with CAPI");
     let lab = BmcLab::start(3).await.expect("BMC lab");
     let client = cp.client();
     let work = tempfile::tempdir().unwrap();
-    let image_url = lab.add_image("kairos.iso", &build_test_iso(work.path(), "/boot/grub2/grub.cfg").unwrap()).unwrap();
+    let image_url = lab
+        .add_image(
+            "kairos.iso",
+            &build_test_iso(work.path(), "/boot/grub2/grub.cfg").unwrap(),
+        )
+        .unwrap();
     let manager = start_manager(&cp, &[]);
     let hosts = enroll_lab(&client, NS, &lab, &[]).await;
     for h in &hosts {
-        eventually(&format!("{h} Available"), Duration::from_secs(420), Some(&manager), || async {
-            let s = hosts_by_state(&client).await;
-            s.iter().any(|(n, st, _)| n == h && *st == Some(HostState::Available)).then_some(())
-        })
+        eventually(
+            &format!("{h} Available"),
+            Duration::from_secs(420),
+            Some(&manager),
+            || async {
+                let s = hosts_by_state(&client).await;
+                s.iter()
+                    .any(|(n, st, _)| n == h && *st == Some(HostState::Available))
+                    .then_some(())
+            },
+        )
         .await;
     }
 
     let endpoint_port = free_port();
-    let standin = WorkloadStandIn::start(client.clone(), NS, "lab", endpoint_port, lab.systems.clone(), lab.ca_pem.clone());
+    let standin = WorkloadStandIn::start(
+        client.clone(),
+        NS,
+        "lab",
+        endpoint_port,
+        lab.systems.clone(),
+        lab.ca_pem.clone(),
+    );
 
     let machine_spec = serde_json::json!({"osFamily": "kairos", "imageURL": image_url, "provisioningMode": "BootstrapData"});
     for (kind, group, version, body) in [
-        ("Beskar7Cluster", INFRA, "v1alpha1", serde_json::json!({"metadata": {"name": "lab"}, "spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": endpoint_port}}})),
-        ("Beskar7MachineTemplate", INFRA, "v1alpha1", serde_json::json!({"metadata": {"name": "lab-cp"}, "spec": {"template": {"spec": machine_spec}}})),
-        ("Beskar7MachineTemplate", INFRA, "v1alpha1", serde_json::json!({"metadata": {"name": "lab-md"}, "spec": {"template": {"spec": machine_spec}}})),
-        ("KubeadmControlPlane", "controlplane.cluster.x-k8s.io", "v1beta2", serde_json::json!({
-            "metadata": {"name": "lab-cp"},
-            "spec": {
-                "replicas": 1,
-                "version": "v1.36.3",
-                "machineTemplate": {"spec": {"infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7MachineTemplate", "name": "lab-cp"}}},
-                "kubeadmConfigSpec": {
-                    "format": "cloud-config",
-                    "initConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}},
-                    "joinConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}},
-                },
-            },
-        })),
-        ("KubeadmConfigTemplate", "bootstrap.cluster.x-k8s.io", "v1beta2", serde_json::json!({
-            "metadata": {"name": "lab-md"},
-            "spec": {"template": {"spec": {
-                "format": "cloud-config",
-                "joinConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}},
-            }}},
-        })),
-        ("Cluster", CAPI, "v1beta2", serde_json::json!({
-            "metadata": {"name": "lab"},
-            "spec": {
-                "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
-                "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "lab"},
-                "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "KubeadmControlPlane", "name": "lab-cp"},
-            },
-        })),
-        ("MachineDeployment", CAPI, "v1beta2", serde_json::json!({
-            "metadata": {"name": "lab-md"},
-            "spec": {
-                "clusterName": "lab",
-                "replicas": 2,
-                "selector": {"matchLabels": {}},
-                "template": {"spec": {
-                    "clusterName": "lab",
+        (
+            "Beskar7Cluster",
+            INFRA,
+            "v1alpha1",
+            serde_json::json!({"metadata": {"name": "lab"}, "spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": endpoint_port}}}),
+        ),
+        (
+            "Beskar7MachineTemplate",
+            INFRA,
+            "v1alpha1",
+            serde_json::json!({"metadata": {"name": "lab-cp"}, "spec": {"template": {"spec": machine_spec}}}),
+        ),
+        (
+            "Beskar7MachineTemplate",
+            INFRA,
+            "v1alpha1",
+            serde_json::json!({"metadata": {"name": "lab-md"}, "spec": {"template": {"spec": machine_spec}}}),
+        ),
+        (
+            "KubeadmControlPlane",
+            "controlplane.cluster.x-k8s.io",
+            "v1beta2",
+            serde_json::json!({
+                "metadata": {"name": "lab-cp"},
+                "spec": {
+                    "replicas": 1,
                     "version": "v1.36.3",
-                    "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfigTemplate", "name": "lab-md"}},
-                    "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7MachineTemplate", "name": "lab-md"},
-                }},
-            },
-        })),
+                    "machineTemplate": {"spec": {"infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7MachineTemplate", "name": "lab-cp"}}},
+                    "kubeadmConfigSpec": {
+                        "format": "cloud-config",
+                        "initConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}},
+                        "joinConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}},
+                    },
+                },
+            }),
+        ),
+        (
+            "KubeadmConfigTemplate",
+            "bootstrap.cluster.x-k8s.io",
+            "v1beta2",
+            serde_json::json!({
+                "metadata": {"name": "lab-md"},
+                "spec": {"template": {"spec": {
+                    "format": "cloud-config",
+                    "joinConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}},
+                }}},
+            }),
+        ),
+        (
+            "Cluster",
+            CAPI,
+            "v1beta2",
+            serde_json::json!({
+                "metadata": {"name": "lab"},
+                "spec": {
+                    "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
+                    "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "lab"},
+                    "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "KubeadmControlPlane", "name": "lab-cp"},
+                },
+            }),
+        ),
+        (
+            "MachineDeployment",
+            CAPI,
+            "v1beta2",
+            serde_json::json!({
+                "metadata": {"name": "lab-md"},
+                "spec": {
+                    "clusterName": "lab",
+                    "replicas": 2,
+                    "selector": {"matchLabels": {}},
+                    "template": {"spec": {
+                        "clusterName": "lab",
+                        "version": "v1.36.3",
+                        "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfigTemplate", "name": "lab-md"}},
+                        "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7MachineTemplate", "name": "lab-md"},
+                    }},
+                },
+            }),
+        ),
     ] {
         let mut body = body;
         body["metadata"]["namespace"] = serde_json::json!(NS);
@@ -106,48 +170,114 @@ async fn kubeadm_cluster_on_three_hosts_reaches_running_and_scales_down() {
     let _dump = spawn_progress_dump(client.clone(), NS, Duration::from_secs(60));
     // Every Machine gets a host, its providerID, a nodeRef from the stand-in's Node, and Running.
     let machines = dynamic_api(&client, NS, CAPI, "v1beta2", "Machine");
-    let running = eventually("3 Machines Running", Duration::from_secs(420), Some(&manager), || async {
-        let errors = standin.errors();
-        if !errors.is_empty() {
-            eprintln!("stand-in errors so far: {errors:?}");
-        }
-        let list = machines.list(&ListParams::default()).await.ok()?.items;
-        let running: Vec<_> = list.iter().filter(|m| m.data["status"]["phase"] == "Running" && m.data["status"]["nodeRef"]["name"].is_string()).cloned().collect();
-        (running.len() == 3).then_some(running)
-    })
+    let running = eventually(
+        "3 Machines Running",
+        Duration::from_secs(420),
+        Some(&manager),
+        || async {
+            let errors = standin.errors();
+            if !errors.is_empty() {
+                eprintln!("stand-in errors so far: {errors:?}");
+            }
+            let list = machines.list(&ListParams::default()).await.ok()?.items;
+            let running: Vec<_> = list
+                .iter()
+                .filter(|m| {
+                    m.data["status"]["phase"] == "Running"
+                        && m.data["status"]["nodeRef"]["name"].is_string()
+                })
+                .cloned()
+                .collect();
+            (running.len() == 3).then_some(running)
+        },
+    )
     .await;
     let booted = standin.booted();
-    assert_eq!(booted.len(), 3, "stand-in booted {booted:?}; errors {:?}", standin.errors());
-    assert_eq!(booted.iter().filter(|b| b.control_plane).count(), 1, "exactly one kubeadm init: {booted:?}");
+    assert_eq!(
+        booted.len(),
+        3,
+        "stand-in booted {booted:?}; errors {:?}",
+        standin.errors()
+    );
+    assert_eq!(
+        booted.iter().filter(|b| b.control_plane).count(),
+        1,
+        "exactly one kubeadm init: {booted:?}"
+    );
     for m in &running {
         let provider_id = m.data["spec"]["providerID"].as_str().unwrap();
-        assert!(provider_id.starts_with(&format!("beskar7://{NS}/server-")), "{provider_id}");
-        assert!(booted.iter().any(|b| b.provider_id == provider_id), "no Node registered with {provider_id}");
+        assert!(
+            provider_id.starts_with(&format!("beskar7://{NS}/server-")),
+            "{provider_id}"
+        );
+        assert!(
+            booted.iter().any(|b| b.provider_id == provider_id),
+            "no Node registered with {provider_id}"
+        );
     }
     let cluster = dynamic_api(&client, NS, CAPI, "v1beta2", "Cluster");
-    let c = eventually("Cluster initialized", Duration::from_secs(60), Some(&manager), || async {
-        let c = cluster.get("lab").await.ok()?;
-        let init = &c.data["status"]["initialization"];
-        (init["infrastructureProvisioned"] == true && init["controlPlaneInitialized"] == true).then_some(c)
-    })
+    let c = eventually(
+        "Cluster initialized",
+        Duration::from_secs(60),
+        Some(&manager),
+        || async {
+            let c = cluster.get("lab").await.ok()?;
+            let init = &c.data["status"]["initialization"];
+            (init["infrastructureProvisioned"] == true && init["controlPlaneInitialized"] == true)
+                .then_some(c)
+        },
+    )
     .await;
-    assert_eq!(c.data["spec"]["controlPlaneEndpoint"]["port"], endpoint_port);
-    assert!(hosts_by_state(&client).await.iter().all(|(_, s, claimed)| *s == Some(HostState::Provisioned) && *claimed));
+    assert_eq!(
+        c.data["spec"]["controlPlaneEndpoint"]["port"],
+        endpoint_port
+    );
+    assert!(
+        hosts_by_state(&client)
+            .await
+            .iter()
+            .all(|(_, s, claimed)| *s == Some(HostState::Provisioned) && *claimed)
+    );
 
     // Scale the MachineDeployment down: one host powers off, ejects, and is Available again.
     let mds = dynamic_api(&client, NS, CAPI, "v1beta2", "MachineDeployment");
-    mds.patch("lab-md", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}}))).await.unwrap();
-    eventually("one host Available after scale-down", Duration::from_secs(420), Some(&manager), || async {
-        let s = hosts_by_state(&client).await;
-        (s.iter().filter(|(_, st, c)| *st == Some(HostState::Available) && !c).count() == 1).then_some(())
-    })
+    mds.patch(
+        "lab-md",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "one host Available after scale-down",
+        Duration::from_secs(420),
+        Some(&manager),
+        || async {
+            let s = hosts_by_state(&client).await;
+            (s.iter()
+                .filter(|(_, st, c)| *st == Some(HostState::Available) && !c)
+                .count()
+                == 1)
+                .then_some(())
+        },
+    )
     .await;
 
     // Delete the Cluster: every host comes back.
-    cluster.delete("lab", &DeleteParams::default()).await.unwrap();
-    eventually("all hosts Available after cluster deletion", Duration::from_secs(300), Some(&manager), || async {
-        let s = hosts_by_state(&client).await;
-        s.iter().all(|(_, st, c)| *st == Some(HostState::Available) && !c).then_some(())
-    })
+    cluster
+        .delete("lab", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "all hosts Available after cluster deletion",
+        Duration::from_secs(300),
+        Some(&manager),
+        || async {
+            let s = hosts_by_state(&client).await;
+            s.iter()
+                .all(|(_, st, c)| *st == Some(HostState::Available) && !c)
+                .then_some(())
+        },
+    )
     .await;
 }

@@ -15,7 +15,12 @@ pub const LAB_CA_SECRET: &str = "bmc-lab-ca";
 
 /// A CA Secret and, per lab system, a credentials Secret and a PhysicalHost `server-NN`
 /// verified against the lab's CA. Returns the host names.
-pub async fn enroll_lab(client: &kube::Client, ns: &str, lab: &BmcLab, labels: &[(&str, &str)]) -> Result<Vec<String>, kube::Error> {
+pub async fn enroll_lab(
+    client: &kube::Client,
+    ns: &str,
+    lab: &BmcLab,
+    labels: &[(&str, &str)],
+) -> Result<Vec<String>, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let ca: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": LAB_CA_SECRET},
@@ -37,14 +42,26 @@ pub async fn enroll_lab(client: &kube::Client, ns: &str, lab: &BmcLab, labels: &
 }
 
 /// A credentials Secret `<name>-bmc` and a PhysicalHost `name` for one lab system.
-pub async fn enroll(client: &kube::Client, ns: &str, name: &str, s: &LabSystem, ca_secret: Option<&str>, labels: &[(&str, &str)]) -> Result<PhysicalHost, kube::Error> {
+pub async fn enroll(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    s: &LabSystem,
+    ca_secret: Option<&str>,
+    labels: &[(&str, &str)],
+) -> Result<PhysicalHost, kube::Error> {
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": format!("{name}-bmc")},
         "stringData": {"username": s.username, "password": s.password},
     }))
     .expect("valid Secret");
-    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await?;
-    let labels: serde_json::Map<String, serde_json::Value> = labels.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect();
     let mut conn = serde_json::json!({
         "address": s.address,
         "credentialsSecretRef": format!("{name}-bmc"),
@@ -60,7 +77,9 @@ pub async fn enroll(client: &kube::Client, ns: &str, name: &str, s: &LabSystem, 
         "spec": {"redfishConnection": conn},
     }))
     .expect("valid PhysicalHost");
-    Api::<PhysicalHost>::namespaced(client.clone(), ns).create(&PostParams::default(), &host).await
+    Api::<PhysicalHost>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &host)
+        .await
 }
 
 /// A small ISO shaped like an OS installer (not bootable: the boot-proof tests make bootable
@@ -69,7 +88,10 @@ pub fn build_test_iso(dir: &Path, grub_path: &str) -> std::io::Result<Vec<u8>> {
     let root = dir.join("iso-root");
     let cfg = root.join(grub_path.trim_start_matches('/'));
     std::fs::create_dir_all(cfg.parent().expect("a path with a parent"))?;
-    std::fs::write(&cfg, "set timeout=1\nmenuentry 'Test OS' {\n  linux /boot/vmlinuz console=ttyS0\n  initrd /boot/initrd\n}\n")?;
+    std::fs::write(
+        &cfg,
+        "set timeout=1\nmenuentry 'Test OS' {\n  linux /boot/vmlinuz console=ttyS0\n  initrd /boot/initrd\n}\n",
+    )?;
     std::fs::create_dir_all(root.join("boot"))?;
     std::fs::write(root.join("boot/vmlinuz"), vec![0x5au8; 8192])?;
     let out = dir.join("test-os.iso");
@@ -78,9 +100,15 @@ pub fn build_test_iso(dir: &Path, grub_path: &str) -> std::io::Result<Vec<u8>> {
         .arg(&out)
         .arg(&root)
         .status()
-        .map_err(|e| std::io::Error::other(format!("xorriso (Debian package xorriso; `make test` installs it): {e}")))?;
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "xorriso (Debian package xorriso; `make test` installs it): {e}"
+            ))
+        })?;
     if !status.success() {
-        return Err(std::io::Error::other("xorriso failed to build the test ISO"));
+        return Err(std::io::Error::other(
+            "xorriso failed to build the test ISO",
+        ));
     }
     std::fs::read(out)
 }
@@ -96,16 +124,27 @@ pub fn iso_extract(iso: &Path, file: &str, out: &Path) -> std::io::Result<Vec<u8
         .stderr(Stdio::null())
         .status()?;
     if !status.success() {
-        return Err(std::io::Error::other(format!("xorriso could not extract {file} from {}", iso.display())));
+        return Err(std::io::Error::other(format!(
+            "xorriso could not extract {file} from {}",
+            iso.display()
+        )));
     }
     std::fs::read(out)
 }
 
 /// Reads one file of a FAT image with mtools' mcopy.
 pub fn fat_extract(image: &Path, file: &str) -> std::io::Result<Vec<u8>> {
-    let out = Command::new("mcopy").args(["-n", "-i"]).arg(image).arg(format!("::{file}")).arg("-").output()?;
+    let out = Command::new("mcopy")
+        .args(["-n", "-i"])
+        .arg(image)
+        .arg(format!("::{file}"))
+        .arg("-")
+        .output()?;
     if !out.status.success() {
-        return Err(std::io::Error::other(format!("mcopy {file}: {}", String::from_utf8_lossy(&out.stderr))));
+        return Err(std::io::Error::other(format!(
+            "mcopy {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
     Ok(out.stdout)
 }

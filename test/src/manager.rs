@@ -6,7 +6,11 @@ use std::process::{Child, Command, Stdio};
 use crate::ControlPlane;
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port").local_addr().expect("local addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free loopback port")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// The manager process, killed on drop. Its log (text) is in [`ManagerProcess::log`].
@@ -23,7 +27,11 @@ pub struct ManagerProcess {
 impl ManagerProcess {
     /// Starts `binary manager` with loopback ports for metrics, probes and the artifact server,
     /// leader election off unless `extra` says otherwise, and a fixed artifact token key.
-    pub fn start(binary: &Path, cp: &ControlPlane, extra: &[&str]) -> std::io::Result<ManagerProcess> {
+    pub fn start(
+        binary: &Path,
+        cp: &ControlPlane,
+        extra: &[&str],
+    ) -> std::io::Result<ManagerProcess> {
         let dir = tempfile::tempdir()?;
         let (metrics, health, artifacts) = (free_port(), free_port(), free_port());
         let log = dir.path().join("manager.log");
@@ -36,9 +44,15 @@ impl ManagerProcess {
             .arg(cp.kubeconfig_path())
             .args(["--host-refresh-seconds", "20"])
             .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
-            .args(["--health-probe-bind-address", &format!("127.0.0.1:{health}")])
+            .args([
+                "--health-probe-bind-address",
+                &format!("127.0.0.1:{health}"),
+            ])
             .args(["--artifact-bind-address", &format!("127.0.0.1:{artifacts}")])
-            .args(["--artifact-base-url", &format!("http://127.0.0.1:{artifacts}")])
+            .args([
+                "--artifact-base-url",
+                &format!("http://127.0.0.1:{artifacts}"),
+            ])
             .arg("--artifact-cache-dir")
             .arg(dir.path().join("cache"))
             .arg("--artifact-token-key-file")

@@ -185,7 +185,11 @@ fn pkcs8(key_pem: &str) -> Result<String> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("openssl (Debian package openssl)")?;
-    child.stdin.take().context("openssl stdin")?.write_all(key_pem.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("openssl stdin")?
+        .write_all(key_pem.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("openssl pkey: {}", String::from_utf8_lossy(&out.stderr));

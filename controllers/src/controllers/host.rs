@@ -31,12 +31,20 @@ use crate::error::{Error, Result};
 pub const FIELD_MANAGER: &str = "beskar7-physicalhost";
 
 fn key(host: &PhysicalHost) -> String {
-    format!("{}/{}", host.namespace().unwrap_or_default(), host.name_any())
+    format!(
+        "{}/{}",
+        host.namespace().unwrap_or_default(),
+        host.name_any()
+    )
 }
 
 /// Identity of one claim: a new claim of the same host gets new artifact URLs.
 fn consumer_key(host: &PhysicalHost, c: &ConsumerRef) -> String {
-    let ns = c.namespace.clone().or_else(|| host.namespace()).unwrap_or_default();
+    let ns = c
+        .namespace
+        .clone()
+        .or_else(|| host.namespace())
+        .unwrap_or_default();
     format!("{ns}/{}/{}", c.name, c.uid.as_deref().unwrap_or(""))
 }
 
@@ -57,9 +65,26 @@ pub async fn reconcile(host: Arc<PhysicalHost>, ctx: Arc<Context>) -> Result<Act
             warn!(host = %k, reason = e.reason(), error = %e, "reconcile failed");
             ctx.metrics.reconcile_error("physicalhost", e.reason());
             status.last_error = Some(e.to_string());
-            conditions::set(&mut status.conditions, READY, false, e.reason(), e.to_string(), generation);
-            if matches!(e, Error::Redfish(_) | Error::Credentials { .. } | Error::CaBundle { .. }) {
-                conditions::set(&mut status.conditions, BMC_CONNECTED, false, e.reason(), e.to_string(), generation);
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                e.reason(),
+                e.to_string(),
+                generation,
+            );
+            if matches!(
+                e,
+                Error::Redfish(_) | Error::Credentials { .. } | Error::CaBundle { .. }
+            ) {
+                conditions::set(
+                    &mut status.conditions,
+                    BMC_CONNECTED,
+                    false,
+                    e.reason(),
+                    e.to_string(),
+                    generation,
+                );
             }
             if !e.is_transient() || matches!(e, Error::Redfish(_)) {
                 status.state = Some(HostState::Error);
@@ -71,7 +96,12 @@ pub async fn reconcile(host: Arc<PhysicalHost>, ctx: Arc<Context>) -> Result<Act
     Ok(action)
 }
 
-async fn write_status(host: &PhysicalHost, ctx: &Context, before: &PhysicalHostStatus, after: &PhysicalHostStatus) -> Result<()> {
+async fn write_status(
+    host: &PhysicalHost,
+    ctx: &Context,
+    before: &PhysicalHostStatus,
+    after: &PhysicalHostStatus,
+) -> Result<()> {
     if before == after {
         return Ok(());
     }
@@ -83,7 +113,11 @@ async fn write_status(host: &PhysicalHost, ctx: &Context, before: &PhysicalHostS
         info!(host = %key(host), %from, %to, "state changed");
         ctx.metrics.host_transition(to.as_str());
         let event = Event {
-            type_: if to == HostState::Error { EventType::Warning } else { EventType::Normal },
+            type_: if to == HostState::Error {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: to.as_str().to_string(),
             note: Some(match (&after.last_error, to) {
                 (Some(e), HostState::Error) => format!("{from} -> Error: {e}"),
@@ -99,18 +133,32 @@ async fn write_status(host: &PhysicalHost, ctx: &Context, before: &PhysicalHostS
     patch_status(host, ctx, &after).await
 }
 
-async fn patch_status(host: &PhysicalHost, ctx: &Context, status: &PhysicalHostStatus) -> Result<()> {
-    let api: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default());
+async fn patch_status(
+    host: &PhysicalHost,
+    ctx: &Context,
+    status: &PhysicalHostStatus,
+) -> Result<()> {
+    let api: Api<PhysicalHost> =
+        Api::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": beskar7_api::API_VERSION,
         "kind": "PhysicalHost",
         "status": status,
     });
-    api.patch_status(&host.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(
+        &host.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
-async fn reconcile_inner(host: &PhysicalHost, ctx: &Context, status: &mut PhysicalHostStatus) -> Result<Action> {
+async fn reconcile_inner(
+    host: &PhysicalHost,
+    ctx: &Context,
+    status: &mut PhysicalHostStatus,
+) -> Result<Action> {
     let generation = host.metadata.generation;
     let k = key(host);
     if host.metadata.deletion_timestamp.is_some() {
@@ -128,7 +176,14 @@ async fn reconcile_inner(host: &PhysicalHost, ctx: &Context, status: &mut Physic
     let bmc = ctx.bmcs.client(&k, target, &ctx.settings)?;
     let d = bmc.discover(system_id.as_deref()).await?;
     let power = bmc.power_state(&d).await?;
-    conditions::set(&mut status.conditions, BMC_CONNECTED, true, "Connected", format!("{} {}", d.vendor.name(), d.system_path), generation);
+    conditions::set(
+        &mut status.conditions,
+        BMC_CONNECTED,
+        true,
+        "Connected",
+        format!("{} {}", d.vendor.name(), d.system_path),
+        generation,
+    );
     status.observed_power_state = power.clone();
     if status.hardware_details.is_none() || status.state == Some(HostState::Enrolling) {
         status.hardware_details = Some(hardware_details(&bmc.inventory(&d).await?));
@@ -136,23 +191,53 @@ async fn reconcile_inner(host: &PhysicalHost, ctx: &Context, status: &mut Physic
     status.bmc = Some(bmc_details(&d));
 
     if d.boot_slot().is_none() {
-        conditions::set(&mut status.conditions, VIRTUAL_MEDIA_READY, false, "NoVirtualMediaCD", "the BMC offers no virtual media slot that takes a CD or DVD", generation);
+        conditions::set(
+            &mut status.conditions,
+            VIRTUAL_MEDIA_READY,
+            false,
+            "NoVirtualMediaCD",
+            "the BMC offers no virtual media slot that takes a CD or DVD",
+            generation,
+        );
         return Err(Error::HostUnsuitable("the BMC offers no virtual media slot that takes a CD or DVD: this host cannot boot an ISO over virtual media".into()));
     }
-    conditions::set(&mut status.conditions, VIRTUAL_MEDIA_READY, true, "CDSlotFound", d.boot_slot().map(|s| s.path.clone()).unwrap_or_default(), generation);
+    conditions::set(
+        &mut status.conditions,
+        VIRTUAL_MEDIA_READY,
+        true,
+        "CDSlotFound",
+        d.boot_slot().map(|s| s.path.clone()).unwrap_or_default(),
+        generation,
+    );
 
     // Decide and act.
     match (&host.spec.consumer_ref, &host.spec.provisioning) {
-        (Some(consumer), Some(prov)) => provision(host, ctx, &bmc, &d, consumer, prov, status).await,
+        (Some(consumer), Some(prov)) => {
+            provision(host, ctx, &bmc, &d, consumer, prov, status).await
+        }
         _ => release_if_needed(host, ctx, &bmc, &d, status).await,
     }
 }
 
 /// No consumer: make sure nothing of a past claim is left (power off, media ejected, URLs revoked).
-async fn release_if_needed(host: &PhysicalHost, ctx: &Context, bmc: &redfish::Client, d: &redfish::Discovery, status: &mut PhysicalHostStatus) -> Result<Action> {
+async fn release_if_needed(
+    host: &PhysicalHost,
+    ctx: &Context,
+    bmc: &redfish::Client,
+    d: &redfish::Discovery,
+    status: &mut PhysicalHostStatus,
+) -> Result<Action> {
     let generation = host.metadata.generation;
     let was_used = status.boot_issued_for.is_some()
-        || matches!(status.state, Some(HostState::Claimed | HostState::Provisioning | HostState::Provisioned | HostState::Deprovisioning));
+        || matches!(
+            status.state,
+            Some(
+                HostState::Claimed
+                    | HostState::Provisioning
+                    | HostState::Provisioned
+                    | HostState::Deprovisioning
+            )
+        );
     if was_used {
         if status.state != Some(HostState::Deprovisioning) {
             status.state = Some(HostState::Deprovisioning);
@@ -174,13 +259,27 @@ async fn release_if_needed(host: &PhysicalHost, ctx: &Context, bmc: &redfish::Cl
         let off = bmc.power_state(d).await?;
         status.observed_power_state = off.clone();
         if off.as_deref() != Some("Off") {
-            conditions::set(&mut status.conditions, READY, false, "PoweringOff", "waiting for the server to power off", generation);
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "PoweringOff",
+                "waiting for the server to power off",
+                generation,
+            );
             return Ok(Action::requeue(ctx.settings.host_poll));
         }
         status.boot_issued_for = None;
     }
     status.state = Some(HostState::Available);
-    conditions::set(&mut status.conditions, READY, true, "Available", "inventoried and free to be claimed", generation);
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        true,
+        "Available",
+        "inventoried and free to be claimed",
+        generation,
+    );
     Ok(Action::requeue(ctx.settings.host_refresh))
 }
 
@@ -197,11 +296,19 @@ async fn provision(
 ) -> Result<Action> {
     let generation = host.metadata.generation;
     let claim = consumer_key(host, consumer);
-    if status.boot_issued_for.as_deref().is_some_and(|b| b != claim) {
+    if status
+        .boot_issued_for
+        .as_deref()
+        .is_some_and(|b| b != claim)
+    {
         // Left over from an earlier claim whose release we never saw: clean up first.
         return release_if_needed(host, ctx, bmc, d, status).await;
     }
-    if matches!(status.state, Some(HostState::Available | HostState::Enrolling | HostState::Error) | None) && status.boot_issued_for.is_none() {
+    if matches!(
+        status.state,
+        Some(HostState::Available | HostState::Enrolling | HostState::Error) | None
+    ) && status.boot_issued_for.is_none()
+    {
         status.state = Some(HostState::Claimed);
     }
 
@@ -213,7 +320,14 @@ async fn provision(
         return match status.observed_power_state.as_deref() {
             Some("On") => {
                 status.state = Some(HostState::Provisioned);
-                conditions::set(&mut status.conditions, READY, true, "Provisioned", format!("booted {} from virtual media", prov.os_family), generation);
+                conditions::set(
+                    &mut status.conditions,
+                    READY,
+                    true,
+                    "Provisioned",
+                    format!("booted {} from virtual media", prov.os_family),
+                    generation,
+                );
                 Ok(Action::requeue(ctx.settings.host_refresh))
             }
             Some("Off") => {
@@ -230,14 +344,30 @@ async fn provision(
         let now = bmc.power_state(d).await?;
         status.observed_power_state = now.clone();
         if now.as_deref() != Some("Off") {
-            conditions::set(&mut status.conditions, READY, false, "PoweringOff", "powering the server off before inserting media", generation);
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "PoweringOff",
+                "powering the server off before inserting media",
+                generation,
+            );
             return Ok(Action::requeue(ctx.settings.host_poll));
         }
     }
-    let boot_slot = d.boot_slot().ok_or_else(|| Error::HostUnsuitable("no virtual media CD slot".into()))?;
-    let config_slot = media.config_url.as_ref().map(|_| d.config_slot().map(|(s, _)| s.path.clone()));
+    let boot_slot = d
+        .boot_slot()
+        .ok_or_else(|| Error::HostUnsuitable("no virtual media CD slot".into()))?;
+    let config_slot = media
+        .config_url
+        .as_ref()
+        .map(|_| d.config_slot().map(|(s, _)| s.path.clone()));
     let config_slot = match config_slot {
-        Some(None) => return Err(Error::HostUnsuitable("the OS reads a config volume but the BMC has no second virtual media slot".into())),
+        Some(None) => {
+            return Err(Error::HostUnsuitable(
+                "the OS reads a config volume but the BMC has no second virtual media slot".into(),
+            ));
+        }
         Some(Some(p)) => Some(p),
         None => None,
     };
@@ -274,7 +404,14 @@ async fn provision(
     // Record the intent before the power-on: a restart from here on waits instead of cycling.
     status.boot_issued_for = Some(claim);
     status.state = Some(HostState::Provisioning);
-    conditions::set(&mut status.conditions, READY, false, "Booting", "media inserted, one-time boot from virtual CD set, powering on", generation);
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        false,
+        "Booting",
+        "media inserted, one-time boot from virtual CD set, powering on",
+        generation,
+    );
     patch_status(host, ctx, status).await?;
     bmc.set_power(d, redfish::PowerAction::On).await?;
     Ok(Action::requeue(ctx.settings.host_poll))
@@ -289,7 +426,13 @@ struct Media {
 
 /// Renders the configuration for the OS, registers it with the artifact server under the
 /// claim's token, and waits until the boot ISO is fetched, verified and patched.
-async fn prepare_media(host: &PhysicalHost, ctx: &Context, d: &redfish::Discovery, consumer: &ConsumerRef, prov: &Provisioning) -> Result<Media> {
+async fn prepare_media(
+    host: &PhysicalHost,
+    ctx: &Context,
+    d: &redfish::Discovery,
+    consumer: &ConsumerRef,
+    prov: &Provisioning,
+) -> Result<Media> {
     let ns = host.namespace().unwrap_or_default();
     let host_name = host.name_any();
     let os = to_boot_os(prov.os_family);
@@ -299,9 +442,13 @@ async fn prepare_media(host: &PhysicalHost, ctx: &Context, d: &redfish::Discover
         ProvisioningMode::BootstrapData => boot::ProvisioningMode::BootstrapData,
     };
     let bootstrap = match (prov.mode, &prov.bootstrap_data_secret_ref) {
-        (ProvisioningMode::BootstrapData, Some(secret)) => Some(read_bootstrap(ctx, &ns, secret).await?),
+        (ProvisioningMode::BootstrapData, Some(secret)) => {
+            Some(read_bootstrap(ctx, &ns, secret).await?)
+        }
         (ProvisioningMode::BootstrapData, None) => {
-            return Err(Error::Invalid("provisioning mode BootstrapData without bootstrapDataSecretRef".into()));
+            return Err(Error::Invalid(
+                "provisioning mode BootstrapData without bootstrapDataSecretRef".into(),
+            ));
         }
         _ => None,
     };
@@ -310,16 +457,32 @@ async fn prepare_media(host: &PhysicalHost, ctx: &Context, d: &redfish::Discover
         redfish::ImageFormat::Iso => boot::VolumeFormat::Iso,
         redfish::ImageFormat::Fat => boot::VolumeFormat::Fat,
     });
-    let plan = boot::plan_delivery(&boot::PlanInput { os, mode, format, config_slot, config_url: prov.config_url.as_deref() })?;
+    let plan = boot::plan_delivery(&boot::PlanInput {
+        os,
+        mode,
+        format,
+        config_slot,
+        config_url: prov.config_url.as_deref(),
+    })?;
 
     if prov.mode == ProvisioningMode::PreBakedISO {
         // The image carries its own configuration: the BMC fetches it from where it is.
-        return Ok(Media { boot_url: prov.image_url.clone(), config_url: None, legacy_only: plan.legacy_boot_only });
+        return Ok(Media {
+            boot_url: prov.image_url.clone(),
+            config_url: None,
+            legacy_only: plan.legacy_boot_only,
+        });
     }
 
     let meta = boot::MetaData {
-        instance_id: consumer.uid.clone().unwrap_or_else(|| consumer.name.clone()),
-        local_hostname: prov.hostname.clone().unwrap_or_else(|| consumer.name.clone()),
+        instance_id: consumer
+            .uid
+            .clone()
+            .unwrap_or_else(|| consumer.name.clone()),
+        local_hostname: prov
+            .hostname
+            .clone()
+            .unwrap_or_else(|| consumer.name.clone()),
         provider_id: provider_id(&ns, &host_name),
         extra: Default::default(),
     };
@@ -328,33 +491,64 @@ async fn prepare_media(host: &PhysicalHost, ctx: &Context, d: &redfish::Discover
         None => None,
     };
     let mut set = ArtifactSet {
-        boot_iso: Some(BootIsoSource { url: prov.image_url.clone(), sha256: prov.image_checksum.clone(), kernel_args: plan.kernel_args.clone() }),
+        boot_iso: Some(BootIsoSource {
+            url: prov.image_url.clone(),
+            sha256: prov.image_checksum.clone(),
+            kernel_args: plan.kernel_args.clone(),
+        }),
         config_volume: None,
         config_document: None,
     };
     if let (Some(volume), Some(r)) = (&plan.config_volume, &rendered) {
-        set.config_volume = Some(ConfigVolume { format: volume.format, data: Bytes::from(boot::build_config_volume(os, volume.format, r)?) });
+        set.config_volume = Some(ConfigVolume {
+            format: volume.format,
+            data: Bytes::from(boot::build_config_volume(os, volume.format, r)?),
+        });
     }
     if let (true, Some(r)) = (plan.serve_config, &rendered) {
-        set.config_document = Some(ConfigDocument { content_type: r.content_type.to_string(), data: Bytes::from(r.document.clone()) });
+        set.config_document = Some(ConfigDocument {
+            content_type: r.content_type.to_string(),
+            data: Bytes::from(r.document.clone()),
+        });
     }
-    let token = ctx.artifact_token(host.metadata.uid.as_deref().unwrap_or(&host_name), &consumer_key(host, consumer));
+    let token = ctx.artifact_token(
+        host.metadata.uid.as_deref().unwrap_or(&host_name),
+        &consumer_key(host, consumer),
+    );
     let k = key(host);
     let urls = ctx.artifacts.register_with_token(&k, &token, set)?;
     ctx.artifacts.prepare(&k).await?;
     Ok(Media {
-        boot_url: urls.boot_iso.ok_or_else(|| Error::Invalid("artifact server returned no boot ISO URL".into()))?,
+        boot_url: urls
+            .boot_iso
+            .ok_or_else(|| Error::Invalid("artifact server returned no boot ISO URL".into()))?,
         config_url: urls.config_volume,
         legacy_only: plan.legacy_boot_only,
     })
 }
 
-async fn read_bootstrap(ctx: &Context, ns: &str, name: &str) -> Result<(Vec<u8>, boot::BootstrapFormat)> {
-    let err = |problem: String| Error::BootstrapData { secret: format!("{ns}/{name}"), problem };
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(name).await?.ok_or_else(|| err("not found".into()))?;
+async fn read_bootstrap(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<(Vec<u8>, boot::BootstrapFormat)> {
+    let err = |problem: String| Error::BootstrapData {
+        secret: format!("{ns}/{name}"),
+        problem,
+    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| err("not found".into()))?;
     let data = secret.data.unwrap_or_default();
-    let value = data.get("value").ok_or_else(|| err("has no key \"value\"".into()))?.0.clone();
-    let format = data.get("format").map(|f| String::from_utf8_lossy(&f.0).into_owned());
+    let value = data
+        .get("value")
+        .ok_or_else(|| err("has no key \"value\"".into()))?
+        .0
+        .clone();
+    let format = data
+        .get("format")
+        .map(|f| String::from_utf8_lossy(&f.0).into_owned());
     let format = boot::BootstrapFormat::from_secret_format(format.as_deref()).map_err(err)?;
     Ok((value, format))
 }
@@ -376,7 +570,14 @@ fn hardware_details(inv: &redfish::Inventory) -> HardwareDetails {
         system_uuid: inv.uuid.clone(),
         cpu: inv.cpu_count.map(|c| c as i64),
         memory: inv.memory_gib.map(|g| format!("{}Gi", g.round() as i64)),
-        nics: inv.nic_macs.iter().map(|m| Nic { mac: m.clone(), name: None }).collect(),
+        nics: inv
+            .nic_macs
+            .iter()
+            .map(|m| Nic {
+                mac: m.clone(),
+                name: None,
+            })
+            .collect(),
     }
 }
 
@@ -401,7 +602,12 @@ fn bmc_details(d: &redfish::Discovery) -> BmcDetails {
                 },
             })
             .collect(),
-        boot_override_targets: d.system.boot.as_ref().and_then(|b| b.target_allowable_values.clone()).unwrap_or_default(),
+        boot_override_targets: d
+            .system
+            .boot
+            .as_ref()
+            .and_then(|b| b.target_allowable_values.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -47,14 +47,31 @@ pub async fn reconcile(machine: Arc<Beskar7Machine>, ctx: Arc<Context>) -> Resul
         Err(e) => {
             warn!(machine = %key(&machine), reason = e.reason(), error = %e, "reconcile failed");
             ctx.metrics.reconcile_error("beskar7machine", e.reason());
-            conditions::set(&mut status.conditions, READY, false, e.reason(), e.to_string(), generation);
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                e.reason(),
+                e.to_string(),
+                generation,
+            );
             Action::requeue(ctx.backoff(&key(&machine), e.is_transient()))
         }
     };
-    if status != before && !(machine.metadata.deletion_timestamp.is_some() && !has_finalizer(&machine)) {
-        let api: Api<Beskar7Machine> = Api::namespaced(ctx.client.clone(), &machine.namespace().unwrap_or_default());
+    // A machine whose finalizer we just removed may be gone: nothing left to report on.
+    let still_ours = machine.metadata.deletion_timestamp.is_none() || has_finalizer(&machine);
+    if status != before && still_ours {
+        let api: Api<Beskar7Machine> =
+            Api::namespaced(ctx.client.clone(), &machine.namespace().unwrap_or_default());
         let patch = json!({"apiVersion": beskar7_api::API_VERSION, "kind": "Beskar7Machine", "status": status});
-        match api.patch_status(&machine.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        match api
+            .patch_status(
+                &machine.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
             Ok(_) => {}
             // Deleted meanwhile (finalizer removed): nothing left to report on.
             Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -69,46 +86,98 @@ fn has_finalizer(m: &Beskar7Machine) -> bool {
 }
 
 async fn set_finalizer(m: &Beskar7Machine, ctx: &Context, present: bool) -> Result<()> {
-    let api: Api<Beskar7Machine> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
-    let mut finalizers: Vec<String> = m.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    let api: Api<Beskar7Machine> =
+        Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+    let mut finalizers: Vec<String> = m
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
     if present {
         finalizers.push(FINALIZER.to_string());
     }
     // Guarded by resourceVersion so a concurrent change is not overwritten.
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": m.resource_version()}});
-    api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": m.resource_version()}});
+    api.patch(
+        &m.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 
-async fn reconcile_normal(m: &Beskar7Machine, ctx: &Context, status: &mut Beskar7MachineStatus) -> Result<Action> {
+async fn reconcile_normal(
+    m: &Beskar7Machine,
+    ctx: &Context,
+    status: &mut Beskar7MachineStatus,
+) -> Result<Action> {
     let ns = m.namespace().unwrap_or_default();
     let generation = m.metadata.generation;
     let wait = |status: &mut Beskar7MachineStatus, reason: &str, message: &str| {
         status.phase = Some("Pending".into());
-        conditions::set(&mut status.conditions, READY, false, reason, message, generation);
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            reason,
+            message,
+            generation,
+        );
     };
 
     // Read: owner Machine and its Cluster.
     let Some(owner) = capi::owner_name(&m.metadata, "Machine") else {
-        wait(status, "WaitingForMachineOwner", "waiting for CAPI to set the owner Machine");
+        wait(
+            status,
+            "WaitingForMachineOwner",
+            "waiting for CAPI to set the owner Machine",
+        );
         return Ok(Action::await_change());
     };
     let Some(machine_obj) = capi::machines(&ctx.client, &ns).get_opt(&owner).await? else {
-        wait(status, "WaitingForMachineOwner", &format!("owner Machine {owner} not found"));
+        wait(
+            status,
+            "WaitingForMachineOwner",
+            &format!("owner Machine {owner} not found"),
+        );
         return Ok(Action::requeue(ctx.settings.waiting_requeue));
     };
     let machine = capi::Machine::from_object(&machine_obj);
     let cluster = match &machine.cluster_name {
-        Some(name) => capi::clusters(&ctx.client, &ns).get_opt(name).await?.map(|c| capi::Cluster::from_object(&c)),
+        Some(name) => capi::clusters(&ctx.client, &ns)
+            .get_opt(name)
+            .await?
+            .map(|c| capi::Cluster::from_object(&c)),
         None => None,
     };
     if capi::is_paused(cluster.as_ref(), &m.metadata) {
-        conditions::set(&mut status.conditions, PAUSED, true, "Paused", "the Cluster or this object is paused", generation);
+        conditions::set(
+            &mut status.conditions,
+            PAUSED,
+            true,
+            "Paused",
+            "the Cluster or this object is paused",
+            generation,
+        );
         return Ok(Action::await_change());
     }
-    conditions::set(&mut status.conditions, PAUSED, false, "NotPaused", "", generation);
+    conditions::set(
+        &mut status.conditions,
+        PAUSED,
+        false,
+        "NotPaused",
+        "",
+        generation,
+    );
     let Some(cluster) = cluster else {
-        wait(status, "WaitingForCluster", "waiting for the owner Machine's Cluster");
+        wait(
+            status,
+            "WaitingForCluster",
+            "waiting for the owner Machine's Cluster",
+        );
         return Ok(Action::requeue(ctx.settings.waiting_requeue));
     };
     if !has_finalizer(m) {
@@ -116,7 +185,14 @@ async fn reconcile_normal(m: &Beskar7Machine, ctx: &Context, status: &mut Beskar
         return Ok(Action::await_change());
     }
     if !cluster.infrastructure_provisioned {
-        wait(status, "WaitingForClusterInfrastructure", &format!("Cluster {} infrastructure is not provisioned yet", cluster.name));
+        wait(
+            status,
+            "WaitingForClusterInfrastructure",
+            &format!(
+                "Cluster {} infrastructure is not provisioned yet",
+                cluster.name
+            ),
+        );
         return Ok(Action::requeue(ctx.settings.waiting_requeue));
     }
 
@@ -125,7 +201,11 @@ async fn reconcile_normal(m: &Beskar7Machine, ctx: &Context, status: &mut Beskar
         ProvisioningMode::BootstrapData => match &machine.bootstrap_data_secret {
             Some(s) => Some(s.clone()),
             None => {
-                wait(status, "WaitingForBootstrapData", "waiting for the bootstrap provider to write the Machine's bootstrap data");
+                wait(
+                    status,
+                    "WaitingForBootstrapData",
+                    "waiting for the bootstrap provider to write the Machine's bootstrap data",
+                );
                 return Ok(Action::requeue(ctx.settings.waiting_requeue));
             }
         },
@@ -143,15 +223,34 @@ async fn reconcile_normal(m: &Beskar7Machine, ctx: &Context, status: &mut Beskar
             }
             None => {
                 status.phase = Some("WaitingForHost".into());
-                conditions::set(&mut status.conditions, READY, false, "WaitingForHost", "no Available PhysicalHost matches the hostSelector and failure domain", generation);
-                conditions::set(&mut status.conditions, HOST_PROVISIONED, false, "WaitingForHost", "no Available PhysicalHost matches", generation);
+                conditions::set(
+                    &mut status.conditions,
+                    READY,
+                    false,
+                    "WaitingForHost",
+                    "no Available PhysicalHost matches the hostSelector and failure domain",
+                    generation,
+                );
+                conditions::set(
+                    &mut status.conditions,
+                    HOST_PROVISIONED,
+                    false,
+                    "WaitingForHost",
+                    "no Available PhysicalHost matches",
+                    generation,
+                );
                 return Ok(Action::requeue(ctx.settings.waiting_requeue));
             }
         },
     };
     let host_name = host.name_any();
-    status.host_ref = Some(HostReference { name: host_name.clone(), namespace: Some(ns.clone()) });
-    status.failure_domain = failure_domain_of(host.labels()).map(str::to_string).or(machine.failure_domain.clone());
+    status.host_ref = Some(HostReference {
+        name: host_name.clone(),
+        namespace: Some(ns.clone()),
+    });
+    status.failure_domain = failure_domain_of(host.labels())
+        .map(str::to_string)
+        .or(machine.failure_domain.clone());
 
     // Report: mirror the host.
     let host_status = host.status.clone().unwrap_or_default();
@@ -161,59 +260,129 @@ async fn reconcile_normal(m: &Beskar7Machine, ctx: &Context, status: &mut Beskar
             if m.spec.provider_id.as_deref() != Some(id.as_str()) {
                 let api: Api<Beskar7Machine> = Api::namespaced(ctx.client.clone(), &ns);
                 let patch = json!({"spec": {"providerID": id}});
-                api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                api.patch(
+                    &m.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
             }
-            let mut addresses = vec![MachineAddress { type_: MachineAddressType::Hostname, address: machine.name.clone() }];
+            let mut addresses = vec![MachineAddress {
+                type_: MachineAddressType::Hostname,
+                address: machine.name.clone(),
+            }];
             addresses.extend(host_status.addresses.iter().cloned());
             status.addresses = addresses;
-            status.initialization = Some(MachineInitialization { provisioned: Some(true) });
+            status.initialization = Some(MachineInitialization {
+                provisioned: Some(true),
+            });
             status.ready = Some(true);
             status.phase = Some("Provisioned".into());
-            conditions::set(&mut status.conditions, HOST_PROVISIONED, true, "Provisioned", format!("PhysicalHost {host_name} is provisioned"), generation);
-            conditions::set(&mut status.conditions, READY, true, "Provisioned", "", generation);
+            conditions::set(
+                &mut status.conditions,
+                HOST_PROVISIONED,
+                true,
+                "Provisioned",
+                format!("PhysicalHost {host_name} is provisioned"),
+                generation,
+            );
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                true,
+                "Provisioned",
+                "",
+                generation,
+            );
             Ok(Action::await_change())
         }
         Some(HostState::Error) => {
             let why = host_status.last_error.unwrap_or_else(|| "unknown".into());
             status.phase = Some("Provisioning".into());
-            conditions::set(&mut status.conditions, HOST_PROVISIONED, false, "HostError", format!("PhysicalHost {host_name}: {why}"), generation);
-            conditions::set(&mut status.conditions, READY, false, "HostError", format!("PhysicalHost {host_name}: {why}"), generation);
+            conditions::set(
+                &mut status.conditions,
+                HOST_PROVISIONED,
+                false,
+                "HostError",
+                format!("PhysicalHost {host_name}: {why}"),
+                generation,
+            );
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "HostError",
+                format!("PhysicalHost {host_name}: {why}"),
+                generation,
+            );
             Ok(Action::await_change())
         }
         state => {
             let state = state.unwrap_or_default();
             status.phase = Some("Provisioning".into());
-            conditions::set(&mut status.conditions, HOST_PROVISIONED, false, "HostProvisioning", format!("PhysicalHost {host_name} is {state}"), generation);
-            conditions::set(&mut status.conditions, READY, false, "HostProvisioning", format!("PhysicalHost {host_name} is {state}"), generation);
+            conditions::set(
+                &mut status.conditions,
+                HOST_PROVISIONED,
+                false,
+                "HostProvisioning",
+                format!("PhysicalHost {host_name} is {state}"),
+                generation,
+            );
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "HostProvisioning",
+                format!("PhysicalHost {host_name} is {state}"),
+                generation,
+            );
             Ok(Action::await_change())
         }
     }
 }
 
 fn is_ours(m: &Beskar7Machine, c: &ConsumerRef) -> bool {
-    c.name == m.name_any() && c.kind.as_deref().is_none_or(|k| k == "Beskar7Machine") && (c.uid.is_none() || c.uid == m.metadata.uid)
+    c.name == m.name_any()
+        && c.kind.as_deref().is_none_or(|k| k == "Beskar7Machine")
+        && (c.uid.is_none() || c.uid == m.metadata.uid)
 }
 
 /// The host this machine already claimed, found from the hosts themselves (so a claim made
 /// just before a restart is picked up, not repeated).
-async fn find_claimed_host(m: &Beskar7Machine, hosts: &Api<PhysicalHost>) -> Result<Option<PhysicalHost>> {
+async fn find_claimed_host(
+    m: &Beskar7Machine,
+    hosts: &Api<PhysicalHost>,
+) -> Result<Option<PhysicalHost>> {
     if let Some(r) = m.status.as_ref().and_then(|s| s.host_ref.as_ref())
         && let Some(h) = hosts.get_opt(&r.name).await?
         && h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c))
     {
         return Ok(Some(h));
     }
-    Ok(hosts.list(&ListParams::default()).await?.items.into_iter().find(|h| h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c))))
+    Ok(hosts
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|h| h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c))))
 }
 
 /// Whether `host` can serve `m` (free, matching selector and failure domain).
-pub fn host_fits(m: &Beskar7Machine, failure_domain: Option<&str>, host: &PhysicalHost) -> Result<bool> {
+pub fn host_fits(
+    m: &Beskar7Machine,
+    failure_domain: Option<&str>,
+    host: &PhysicalHost,
+) -> Result<bool> {
     let state = host.status.as_ref().and_then(|s| s.state);
-    if state != Some(HostState::Available) || host.spec.consumer_ref.is_some() || host.metadata.deletion_timestamp.is_some() {
+    if state != Some(HostState::Available)
+        || host.spec.consumer_ref.is_some()
+        || host.metadata.deletion_timestamp.is_some()
+    {
         return Ok(false);
     }
     if let Some(sel) = &m.spec.host_selector {
-        let selector = Selector::try_from(sel.clone()).map_err(|e| Error::Invalid(format!("hostSelector: {e}")))?;
+        let selector = Selector::try_from(sel.clone())
+            .map_err(|e| Error::Invalid(format!("hostSelector: {e}")))?;
         if !selector.matches(host.labels()) {
             return Ok(false);
         }
@@ -228,7 +397,12 @@ pub fn host_fits(m: &Beskar7Machine, failure_domain: Option<&str>, host: &Physic
 
 /// Claims one fitting host with an optimistic update; a conflict means another machine won it,
 /// so the next candidate is tried. `None`: no host is free.
-async fn claim_host(m: &Beskar7Machine, machine: &capi::Machine, bootstrap_secret: Option<&str>, hosts: &Api<PhysicalHost>) -> Result<Option<PhysicalHost>> {
+async fn claim_host(
+    m: &Beskar7Machine,
+    machine: &capi::Machine,
+    bootstrap_secret: Option<&str>,
+    hosts: &Api<PhysicalHost>,
+) -> Result<Option<PhysicalHost>> {
     let mut candidates = Vec::new();
     for h in hosts.list(&ListParams::default()).await?.items {
         if host_fits(m, machine.failure_domain.as_deref(), &h)? {
@@ -238,7 +412,15 @@ async fn claim_host(m: &Beskar7Machine, machine: &capi::Machine, bootstrap_secre
     // Start at a place that depends on the machine, so concurrent claimers spread out.
     candidates.sort_by_key(|h| h.name_any());
     if !candidates.is_empty() {
-        let start = m.metadata.uid.as_deref().unwrap_or("").bytes().map(usize::from).sum::<usize>() % candidates.len();
+        let start = m
+            .metadata
+            .uid
+            .as_deref()
+            .unwrap_or("")
+            .bytes()
+            .map(usize::from)
+            .sum::<usize>()
+            % candidates.len();
         candidates.rotate_left(start);
     }
     for mut h in candidates {
@@ -260,7 +442,10 @@ async fn claim_host(m: &Beskar7Machine, machine: &capi::Machine, bootstrap_secre
             hostname: Some(machine.name.clone()),
         });
         // `replace` sends the resourceVersion we read: the API server refuses it if the host changed.
-        match hosts.replace(&h.name_any(), &PostParams::default(), &h).await {
+        match hosts
+            .replace(&h.name_any(), &PostParams::default(), &h)
+            .await
+        {
             Ok(claimed) => return Ok(Some(claimed)),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
             Err(e) => return Err(e.into()),
@@ -270,7 +455,11 @@ async fn claim_host(m: &Beskar7Machine, machine: &capi::Machine, bootstrap_secre
 }
 
 /// Releases the host and waits until it is Available again, then lets the object go.
-async fn delete(m: &Beskar7Machine, ctx: &Context, status: &mut Beskar7MachineStatus) -> Result<Action> {
+async fn delete(
+    m: &Beskar7Machine,
+    ctx: &Context,
+    status: &mut Beskar7MachineStatus,
+) -> Result<Action> {
     if !has_finalizer(m) {
         return Ok(Action::await_change());
     }
@@ -281,21 +470,44 @@ async fn delete(m: &Beskar7Machine, ctx: &Context, status: &mut Beskar7MachineSt
     if let Some(mut host) = find_claimed_host(m, &hosts).await? {
         host.spec.consumer_ref = None;
         host.spec.provisioning = None;
-        match hosts.replace(&host.name_any(), &PostParams::default(), &host).await {
+        match hosts
+            .replace(&host.name_any(), &PostParams::default(), &host)
+            .await
+        {
             Ok(_) => {}
             // Changed meanwhile: the next pass reads it again.
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
-        conditions::set(&mut status.conditions, READY, false, "Deleting", format!("releasing PhysicalHost {}", host.name_any()), generation);
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "Deleting",
+            format!("releasing PhysicalHost {}", host.name_any()),
+            generation,
+        );
         return Ok(Action::requeue(ctx.settings.host_poll));
     }
     if let Some(r) = status.host_ref.as_ref()
         && let Some(h) = hosts.get_opt(&r.name).await?
         && h.spec.consumer_ref.is_none()
-        && !matches!(h.status.as_ref().and_then(|s| s.state), Some(HostState::Available | HostState::Error))
+        && !matches!(
+            h.status.as_ref().and_then(|s| s.state),
+            Some(HostState::Available | HostState::Error)
+        )
     {
-        conditions::set(&mut status.conditions, READY, false, "Deleting", format!("waiting for PhysicalHost {} to power off and eject media", r.name), generation);
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "Deleting",
+            format!(
+                "waiting for PhysicalHost {} to power off and eject media",
+                r.name
+            ),
+            generation,
+        );
         return Ok(Action::requeue(ctx.settings.host_poll));
     }
     set_finalizer(m, ctx, false).await?;

@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use beskar7_api::{Beskar7MachineTemplate, Beskar7MachineTemplateStatus, HostState, NodeInfo, PhysicalHost};
+use beskar7_api::{
+    Beskar7MachineTemplate, Beskar7MachineTemplateStatus, HostState, NodeInfo, PhysicalHost,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
-use kube::ResourceExt;
 use serde_json::json;
 use tracing::warn;
 
@@ -35,14 +37,26 @@ pub async fn reconcile(t: Arc<Beskar7MachineTemplate>, ctx: Arc<Context>) -> Res
         &mut status.conditions,
         READY,
         available > 0,
-        if available > 0 { "HostsAvailable" } else { "NoHostAvailable" },
-        format!("{available} of {} matching hosts are Available", status.matching_hosts.unwrap_or(0)),
+        if available > 0 {
+            "HostsAvailable"
+        } else {
+            "NoHostAvailable"
+        },
+        format!(
+            "{available} of {} matching hosts are Available",
+            status.matching_hosts.unwrap_or(0)
+        ),
         t.metadata.generation,
     );
     if status != before {
         let api: Api<Beskar7MachineTemplate> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"apiVersion": beskar7_api::API_VERSION, "kind": "Beskar7MachineTemplate", "status": status});
-        api.patch_status(&t.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        api.patch_status(
+            &t.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
     }
     Ok(Action::requeue(ctx.settings.host_refresh))
 }
@@ -60,24 +74,49 @@ fn memory_bytes(q: &str) -> Option<u128> {
 
 /// The status from the hosts: capacity is the smallest among matching hosts, what any new
 /// machine is sure to get.
-pub fn summarize(t: &Beskar7MachineTemplate, hosts: &[PhysicalHost]) -> Result<Beskar7MachineTemplateStatus> {
+pub fn summarize(
+    t: &Beskar7MachineTemplate,
+    hosts: &[PhysicalHost],
+) -> Result<Beskar7MachineTemplateStatus> {
     let selector = match &t.spec.template.spec.host_selector {
-        Some(s) => Some(Selector::try_from(s.clone()).map_err(|e| Error::Invalid(format!("hostSelector: {e}")))?),
+        Some(s) => Some(
+            Selector::try_from(s.clone())
+                .map_err(|e| Error::Invalid(format!("hostSelector: {e}")))?,
+        ),
         None => None,
     };
-    let matching: Vec<&PhysicalHost> = hosts.iter().filter(|h| selector.as_ref().is_none_or(|s| s.matches(h.labels()))).collect();
-    let available = matching.iter().filter(|h| h.status.as_ref().and_then(|s| s.state) == Some(HostState::Available) && h.spec.consumer_ref.is_none()).count();
-    let details: Vec<_> = matching.iter().filter_map(|h| h.status.as_ref()?.hardware_details.as_ref()).collect();
+    let matching: Vec<&PhysicalHost> = hosts
+        .iter()
+        .filter(|h| selector.as_ref().is_none_or(|s| s.matches(h.labels())))
+        .collect();
+    let available = matching
+        .iter()
+        .filter(|h| {
+            h.status.as_ref().and_then(|s| s.state) == Some(HostState::Available)
+                && h.spec.consumer_ref.is_none()
+        })
+        .count();
+    let details: Vec<_> = matching
+        .iter()
+        .filter_map(|h| h.status.as_ref()?.hardware_details.as_ref())
+        .collect();
     let mut capacity = BTreeMap::new();
     if let Some(cpu) = details.iter().filter_map(|d| d.cpu).min() {
         capacity.insert("cpu".to_string(), Quantity(cpu.to_string()));
     }
-    if let Some(mem) = details.iter().filter_map(|d| d.memory.as_deref()).min_by_key(|m| memory_bytes(m).unwrap_or(u128::MAX)) {
+    if let Some(mem) = details
+        .iter()
+        .filter_map(|d| d.memory.as_deref())
+        .min_by_key(|m| memory_bytes(m).unwrap_or(u128::MAX))
+    {
         capacity.insert("memory".to_string(), Quantity(mem.to_string()));
     }
     Ok(Beskar7MachineTemplateStatus {
         capacity,
-        node_info: (!matching.is_empty()).then(|| NodeInfo { architecture: Some("amd64".into()), operating_system: Some("linux".into()) }),
+        node_info: (!matching.is_empty()).then(|| NodeInfo {
+            architecture: Some("amd64".into()),
+            operating_system: Some("linux".into()),
+        }),
         matching_hosts: Some(matching.len() as i32),
         available_hosts: Some(available as i32),
         conditions: Vec::new(),
@@ -97,11 +136,18 @@ mod tests {
 
     fn host(role: &str, state: HostState, cpu: i64, mem: &str) -> PhysicalHost {
         PhysicalHost {
-            metadata: ObjectMeta { labels: Some([("role".to_string(), role.to_string())].into()), ..Default::default() },
+            metadata: ObjectMeta {
+                labels: Some([("role".to_string(), role.to_string())].into()),
+                ..Default::default()
+            },
             spec: PhysicalHostSpec::default(),
             status: Some(PhysicalHostStatus {
                 state: Some(state),
-                hardware_details: Some(HardwareDetails { cpu: Some(cpu), memory: Some(mem.into()), ..Default::default() }),
+                hardware_details: Some(HardwareDetails {
+                    cpu: Some(cpu),
+                    memory: Some(mem.into()),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         }
@@ -117,12 +163,22 @@ mod tests {
             provisioning_mode: ProvisioningMode::BootstrapData,
             config_url: None,
             boot_mode: BootMode::Uefi,
-            host_selector: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
-                match_labels: Some([("role".to_string(), "worker".to_string())].into()),
-                ..Default::default()
-            }),
+            host_selector: Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some([("role".to_string(), "worker".to_string())].into()),
+                    ..Default::default()
+                },
+            ),
         };
-        let t = Beskar7MachineTemplate::new("t", Beskar7MachineTemplateSpec { template: Beskar7MachineTemplateResource { metadata: None, spec } });
+        let t = Beskar7MachineTemplate::new(
+            "t",
+            Beskar7MachineTemplateSpec {
+                template: Beskar7MachineTemplateResource {
+                    metadata: None,
+                    spec,
+                },
+            },
+        );
         let hosts = [
             host("worker", HostState::Available, 64, "512Gi"),
             host("worker", HostState::Provisioned, 32, "1024Gi"),

@@ -13,7 +13,9 @@ use anyhow::{Context, Result, bail};
 use beskar7_api::PhysicalHost;
 use beskar7_test::fixtures::{build_test_iso, enroll_lab};
 use beskar7_test::{BmcLab, ControlPlane, ManagerProcess, WorkloadStandIn, free_port};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::discovery;
 
 const NS: &str = "default";
@@ -45,11 +47,15 @@ fn parse_args() -> Result<Args> {
             "--once" => a.once = true,
             "--control-planes" => a.control_planes = value("--control-planes")?.parse()?,
             "--workers" => a.workers = value("--workers")?.parse()?,
-            "--timeout-seconds" => a.timeout = Duration::from_secs(value("--timeout-seconds")?.parse()?),
+            "--timeout-seconds" => {
+                a.timeout = Duration::from_secs(value("--timeout-seconds")?.parse()?)
+            }
             "--binary" => a.binary = value("--binary")?.into(),
             "--template" => a.template = value("--template")?.into(),
             "-h" | "--help" => {
-                println!("beskar7-demo [--once] [--control-planes N] [--workers N] [--timeout-seconds S] [--binary PATH] [--template PATH]");
+                println!(
+                    "beskar7-demo [--once] [--control-planes N] [--workers N] [--timeout-seconds S] [--binary PATH] [--template PATH]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -77,14 +83,23 @@ async fn run() -> Result<()> {
     let args = parse_args()?;
     beskar7_test::install_crypto_provider();
     let machines_wanted = args.control_planes + args.workers;
-    anyhow::ensure!(args.binary.exists(), "{} not found: build it with `cargo build --release --bin beskar7` (make demo does)", args.binary.display());
+    anyhow::ensure!(
+        args.binary.exists(),
+        "{} not found: build it with `cargo build --release --bin beskar7` (make demo does)",
+        args.binary.display()
+    );
 
     step("starting the local control plane: kube-apiserver, etcd, CAPI core + kubeadm managers");
     let cp = ControlPlane::builder().with_capi().start().await?;
-    step(&format!("starting the BMC lab: sushy-tools emulator with {machines_wanted} servers (Redfish over TLS, basic auth)"));
+    step(&format!(
+        "starting the BMC lab: sushy-tools emulator with {machines_wanted} servers (Redfish over TLS, basic auth)"
+    ));
     let lab = BmcLab::start(machines_wanted).await?;
     let work = tempfile::tempdir()?;
-    let image_url = lab.add_image("kairos-demo.iso", &build_test_iso(work.path(), "/boot/grub2/grub.cfg")?)?;
+    let image_url = lab.add_image(
+        "kairos-demo.iso",
+        &build_test_iso(work.path(), "/boot/grub2/grub.cfg")?,
+    )?;
     step("starting beskar7 manager");
     let mut manager = ManagerProcess::start(&args.binary, &cp, &[])?;
     let client = cp.client();
@@ -93,9 +108,19 @@ async fn run() -> Result<()> {
     println!("    {}", hosts.join(", "));
 
     let endpoint_port = free_port();
-    let standin = WorkloadStandIn::start(client.clone(), NS, CLUSTER, endpoint_port, lab.systems.clone(), lab.ca_pem.clone());
+    let standin = WorkloadStandIn::start(
+        client.clone(),
+        NS,
+        CLUSTER,
+        endpoint_port,
+        lab.systems.clone(),
+        lab.ca_pem.clone(),
+    );
 
-    step(&format!("generating cluster {CLUSTER:?} from {} with clusterctl", args.template.display()));
+    step(&format!(
+        "generating cluster {CLUSTER:?} from {} with clusterctl",
+        args.template.display()
+    ));
     let manifests = generate_cluster(&cp, &args, &image_url, endpoint_port, work.path())?;
     let applied = apply_all(&client, &manifests).await?;
     println!("    applied {applied} objects");
@@ -110,7 +135,10 @@ async fn run() -> Result<()> {
                 print!("\x1b[2J\x1b[H");
             }
             println!("{table}");
-            println!("elapsed {:.0} s; {running}/{machines_wanted} machines Running", started.elapsed().as_secs_f64());
+            println!(
+                "elapsed {:.0} s; {running}/{machines_wanted} machines Running",
+                started.elapsed().as_secs_f64()
+            );
             std::io::stdout().flush()?;
             last = table;
         }
@@ -118,7 +146,10 @@ async fn run() -> Result<()> {
             break;
         }
         if let Some(status) = manager.try_wait() {
-            bail!("beskar7 manager exited ({status}); last log lines:\n{}", manager.log_tail(30));
+            bail!(
+                "beskar7 manager exited ({status}); last log lines:\n{}",
+                manager.log_tail(30)
+            );
         }
         if started.elapsed() > args.timeout {
             bail!(
@@ -132,12 +163,34 @@ async fn run() -> Result<()> {
     }
     let took = started.elapsed().as_secs_f64();
     println!();
-    println!("Summary: cluster {CLUSTER:?} with {} control-plane and {} worker machines on {} PhysicalHosts.", args.control_planes, args.workers, hosts.len());
+    println!(
+        "Summary: cluster {CLUSTER:?} with {} control-plane and {} worker machines on {} PhysicalHosts.",
+        args.control_planes,
+        args.workers,
+        hosts.len()
+    );
     for n in standin.booted() {
-        println!("    node {:<24} providerID {}{}", n.node_name, n.provider_id, if n.control_plane { "  (control plane)" } else { "" });
+        println!(
+            "    node {:<24} providerID {}{}",
+            n.node_name,
+            n.provider_id,
+            if n.control_plane {
+                "  (control plane)"
+            } else {
+                ""
+            }
+        );
     }
-    println!("    metrics: {}/metrics  probes: {}/readyz  manager log: {}", manager.metrics, manager.health, manager.log.display());
-    println!("    kubeconfig of the management cluster: {}", cp.kubeconfig_path().display());
+    println!(
+        "    metrics: {}/metrics  probes: {}/readyz  manager log: {}",
+        manager.metrics,
+        manager.health,
+        manager.log.display()
+    );
+    println!(
+        "    kubeconfig of the management cluster: {}",
+        cp.kubeconfig_path().display()
+    );
     println!("{machines_wanted}/{machines_wanted} machines provisioned in {took:.0} s");
     if args.once {
         return Ok(());
@@ -148,7 +201,13 @@ async fn run() -> Result<()> {
 }
 
 /// `clusterctl generate cluster --from <template>`, offline, with the template's variables.
-fn generate_cluster(cp: &ControlPlane, args: &Args, image_url: &str, endpoint_port: u16, work: &Path) -> Result<String> {
+fn generate_cluster(
+    cp: &ControlPlane,
+    args: &Args,
+    image_url: &str,
+    endpoint_port: u16,
+    work: &Path,
+) -> Result<String> {
     let home = work.join("clusterctl-home");
     std::fs::create_dir_all(home.join(".cluster-api"))?;
     std::fs::write(home.join(".cluster-api/clusterctl.yaml"), "providers: []\n")?;
@@ -157,7 +216,10 @@ fn generate_cluster(cp: &ControlPlane, args: &Args, image_url: &str, endpoint_po
         .args(["generate", "cluster", CLUSTER, "--from"])
         .arg(&args.template)
         .args(["--target-namespace", NS, "--kubernetes-version", "v1.36.3"])
-        .args(["--control-plane-machine-count", &args.control_planes.to_string()])
+        .args([
+            "--control-plane-machine-count",
+            &args.control_planes.to_string(),
+        ])
         .args(["--worker-machine-count", &args.workers.to_string()])
         .env("HOME", &home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
@@ -168,7 +230,10 @@ fn generate_cluster(cp: &ControlPlane, args: &Args, image_url: &str, endpoint_po
         .output()
         .context("running clusterctl")?;
     if !out.status.success() {
-        bail!("clusterctl generate cluster failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "clusterctl generate cluster failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8(out.stdout)?)
 }
@@ -183,13 +248,30 @@ async fn apply_all(client: &kube::Client, yaml: &str) -> Result<usize> {
             continue;
         }
         let obj: DynamicObject = serde_json::from_value(value.clone())?;
-        let types = obj.types.clone().context("a document without apiVersion/kind")?;
+        let types = obj
+            .types
+            .clone()
+            .context("a document without apiVersion/kind")?;
         let gvk = GroupVersionKind::try_from(&types)?;
         let (ar, _caps): (ApiResource, _) = discovery::pinned_kind(client, &gvk).await?;
-        let ns = obj.metadata.namespace.clone().unwrap_or_else(|| NS.to_string());
+        let ns = obj
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| NS.to_string());
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-        let name = obj.metadata.name.clone().context("a document without a name")?;
-        api.patch(&name, &PatchParams::apply("beskar7-demo"), &Patch::Apply(&value)).await.with_context(|| format!("applying {} {name}", types.kind))?;
+        let name = obj
+            .metadata
+            .name
+            .clone()
+            .context("a document without a name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply("beskar7-demo"),
+            &Patch::Apply(&value),
+        )
+        .await
+        .with_context(|| format!("applying {} {name}", types.kind))?;
         n += 1;
     }
     Ok(n)
@@ -197,11 +279,25 @@ async fn apply_all(client: &kube::Client, yaml: &str) -> Result<usize> {
 
 /// A table of hosts and machines; and how many Machines are Running.
 async fn status_table(client: &kube::Client) -> Result<(String, usize)> {
-    let hosts = Api::<PhysicalHost>::namespaced(client.clone(), NS).list(&ListParams::default()).await?.items;
-    let machines_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &ApiResource::from_gvk(&GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", "Machine")));
+    let hosts = Api::<PhysicalHost>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let machines_api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NS,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "cluster.x-k8s.io",
+            "v1beta2",
+            "Machine",
+        )),
+    );
     let machines = machines_api.list(&ListParams::default()).await?.items;
     let mut t = String::new();
-    t.push_str(&format!("{:<12} {:<15} {:<6} {:<32}\n", "HOST", "STATE", "POWER", "CONSUMER"));
+    t.push_str(&format!(
+        "{:<12} {:<15} {:<6} {:<32}\n",
+        "HOST", "STATE", "POWER", "CONSUMER"
+    ));
     for h in &hosts {
         let st = h.status.clone().unwrap_or_default();
         t.push_str(&format!(
@@ -209,11 +305,18 @@ async fn status_table(client: &kube::Client) -> Result<(String, usize)> {
             h.metadata.name.as_deref().unwrap_or(""),
             st.state.map(|s| s.as_str()).unwrap_or("-"),
             st.observed_power_state.as_deref().unwrap_or("-"),
-            h.spec.consumer_ref.as_ref().map(|c| c.name.as_str()).unwrap_or("-"),
+            h.spec
+                .consumer_ref
+                .as_ref()
+                .map(|c| c.name.as_str())
+                .unwrap_or("-"),
         ));
     }
     t.push('\n');
-    t.push_str(&format!("{:<32} {:<12} {:<30} {:<24}\n", "MACHINE", "PHASE", "PROVIDERID", "NODE"));
+    t.push_str(&format!(
+        "{:<32} {:<12} {:<30} {:<24}\n",
+        "MACHINE", "PHASE", "PROVIDERID", "NODE"
+    ));
     let mut running = 0;
     for m in &machines {
         let phase = m.data["status"]["phase"].as_str().unwrap_or("-");
