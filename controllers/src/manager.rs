@@ -76,6 +76,17 @@ pub struct ManagerArgs {
     /// URLs stay valid). A random key is used when absent.
     #[arg(long, env = "BESKAR7_ARTIFACT_TOKEN_KEY_FILE")]
     pub artifact_token_key_file: Option<PathBuf>,
+    /// Port of the admission webhook server (TLS); `0` disables it (the webhooks are then not
+    /// served, so do not register them).
+    #[arg(long, env = "BESKAR7_WEBHOOK_PORT", default_value_t = 9443)]
+    pub webhook_port: u16,
+    /// Directory with the webhook serving certificate (`tls.crt`, `tls.key`), e.g. from cert-manager.
+    #[arg(
+        long,
+        env = "BESKAR7_WEBHOOK_CERT_DIR",
+        default_value = "/tmp/k8s-webhook-server/serving-certs"
+    )]
+    pub webhook_cert_dir: PathBuf,
     /// Seconds between re-reads of an idle host's power state and inventory.
     #[arg(long, default_value_t = 120)]
     pub host_refresh_seconds: u64,
@@ -148,6 +159,14 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         spawn_http(addr, metrics_router(probes.clone()), "metrics").await?;
     }
 
+    // Webhooks answer on every replica (admission does not need leadership).
+    if args.webhook_port != 0 {
+        let bind = SocketAddr::from(([0, 0, 0, 0], args.webhook_port));
+        // Runs detached for the life of the process; serving errors are logged by the server.
+        let _server = crate::webhooks::spawn(bind, &args.webhook_cert_dir).await?;
+        info!(%bind, cert_dir = %args.webhook_cert_dir.display(), "admission webhooks listening");
+    }
+
     let artifact_config = args.artifacts.clone().into_config();
     let store = ArtifactStore::new(&artifact_config)?;
     {
@@ -162,6 +181,9 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         });
     }
 
+    // Ready once this replica can serve (probes, metrics, artifacts, webhooks); leadership only
+    // decides whether it reconciles, as with controller-runtime.
+    probes.ready.store(true, Ordering::SeqCst);
     let mut lease = None;
     if args.leader_elect {
         let l = leader::Lease::acquire(
@@ -351,7 +373,6 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             ctx.clone(),
         );
 
-    probes.ready.store(true, Ordering::SeqCst);
     info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "manager ready"

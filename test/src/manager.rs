@@ -57,6 +57,10 @@ impl ManagerProcess {
             .arg(dir.path().join("cache"))
             .arg("--artifact-token-key-file")
             .arg(&key);
+        if !extra.iter().any(|a| a.starts_with("--webhook-port")) {
+            // Tests that exercise the webhooks pass their own port and certificate dir.
+            cmd.arg("--webhook-port=0");
+        }
         if !extra.iter().any(|a| a.starts_with("--leader-elect")) {
             cmd.arg("--leader-elect=false");
         }

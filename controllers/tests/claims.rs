@@ -1,0 +1,201 @@
+//! Claims under contention and pause. More Machines than hosts: the extra ones wait with
+//! `WaitingForHost` and take a host when one is freed, never two machines on one host. A paused
+//! Cluster stops all changes; unpausing resumes.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use beskar7_api::{Beskar7Machine, HostState, PhysicalHost};
+use beskar7_test::{BmcLab, ControlPlane};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use support::*;
+
+const NS: &str = "default";
+const INFRA: &str = "infrastructure.cluster.x-k8s.io";
+const CAPI: &str = "cluster.x-k8s.io";
+
+async fn create_machine(client: &kube::Client, name: &str, image_url: &str) {
+    create_dynamic(
+        client,
+        NS,
+        INFRA,
+        "v1alpha1",
+        "Beskar7Machine",
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"osFamily": "talos", "imageURL": image_url, "provisioningMode": "PreBakedISO"},
+        }),
+    )
+    .await;
+    create_dynamic(client, NS, CAPI, "v1beta2", "Machine", serde_json::json!({
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"clusterName": "race", "bootstrap": {"dataSecretName": "unused"}, "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Machine", "name": name}},
+    }))
+    .await;
+}
+
+/// Every host's consumer; panics if two hosts name the same machine.
+async fn consumers(client: &kube::Client) -> BTreeMap<String, String> {
+    let mut by_machine = BTreeMap::new();
+    for h in Api::<PhysicalHost>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+    {
+        if let Some(c) = h.spec.consumer_ref {
+            let host = h.metadata.name.clone().unwrap();
+            if let Some(other) = by_machine.insert(c.name.clone(), host.clone()) {
+                panic!("machine {} holds two hosts: {other} and {host}", c.name);
+            }
+        }
+    }
+    by_machine
+}
+
+fn reason(m: &Beskar7Machine, type_: &str) -> Option<String> {
+    m.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_machines_than_hosts_wait_and_pause_stops_changes() {
+    beskar7_test::install_crypto_provider();
+    let cp = ControlPlane::builder()
+        .with_capi()
+        .start()
+        .await
+        .expect("control plane with CAPI");
+    let lab = BmcLab::start(2).await.expect("BMC lab");
+    let client = cp.client();
+    let image_url = lab
+        .add_image(
+            "talos.iso",
+            b"not really an ISO: PreBakedISO is inserted as it is",
+        )
+        .unwrap();
+    let manager = start_manager(&cp, &[]);
+    let hosts = enroll_lab(&client, NS, &lab, &[]).await;
+    for h in &hosts {
+        eventually(
+            &format!("{h} Available"),
+            Duration::from_secs(90),
+            Some(&manager),
+            || async {
+                let h = Api::<PhysicalHost>::namespaced(client.clone(), NS)
+                    .get(h)
+                    .await
+                    .ok()?;
+                (h.status?.state == Some(HostState::Available)).then_some(())
+            },
+        )
+        .await;
+    }
+    create_dynamic(&client, NS, INFRA, "v1alpha1", "Beskar7Cluster", serde_json::json!({"metadata": {"name": "race", "namespace": NS}, "spec": {"controlPlaneEndpoint": {"host": "10.0.0.1", "port": 6443}}})).await;
+    create_dynamic(&client, NS, CAPI, "v1beta2", "Cluster", serde_json::json!({
+        "metadata": {"name": "race", "namespace": NS},
+        "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}}, "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "race"}},
+    }))
+    .await;
+
+    // Three machines for two hosts.
+    for name in ["m-a", "m-b", "m-c"] {
+        create_machine(&client, name, &image_url).await;
+    }
+    let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);
+    let waiting = eventually(
+        "two provisioned, one WaitingForHost",
+        Duration::from_secs(180),
+        Some(&manager),
+        || async {
+            let list = machines.list(&ListParams::default()).await.ok()?.items;
+            let provisioned = list
+                .iter()
+                .filter(|m| {
+                    m.status
+                        .as_ref()
+                        .and_then(|s| s.initialization.as_ref()?.provisioned)
+                        == Some(true)
+                })
+                .count();
+            let waiting: Vec<_> = list
+                .iter()
+                .filter(|m| reason(m, "Ready").as_deref() == Some("WaitingForHost"))
+                .collect();
+            (provisioned == 2 && waiting.len() == 1)
+                .then(|| waiting[0].metadata.name.clone().unwrap())
+        },
+    )
+    .await;
+    assert_eq!(consumers(&client).await.len(), 2);
+    assert!(!consumers(&client).await.contains_key(&waiting));
+
+    // Pause the Cluster, free a host: the waiting machine must not take it while paused.
+    let clusters = dynamic_api(&client, NS, CAPI, "v1beta2", "Cluster");
+    clusters
+        .patch(
+            "race",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"paused": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "waiting machine reports Paused",
+        Duration::from_secs(60),
+        Some(&manager),
+        || async {
+            let m = machines.get(&waiting).await.ok()?;
+            m.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Paused" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    let victim = consumers(&client).await.into_keys().next().unwrap();
+    // CAPI honours the pause too, so release the host by deleting the infra machine directly.
+    dynamic_api(&client, NS, CAPI, "v1beta2", "Machine")
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let during_pause = consumers(&client).await;
+    assert!(
+        !during_pause.contains_key(&waiting),
+        "a paused machine claimed a host: {during_pause:?}"
+    );
+
+    // Unpause: the victim's host is released and the waiting machine takes it.
+    clusters
+        .patch(
+            "race",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"paused": false}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        &format!("{waiting} provisioned on the freed host"),
+        Duration::from_secs(240),
+        Some(&manager),
+        || async {
+            let m = machines.get(&waiting).await.ok()?;
+            (m.status.as_ref()?.initialization.as_ref()?.provisioned == Some(true)).then_some(())
+        },
+    )
+    .await;
+    let after = consumers(&client).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.contains_key(&waiting) && !after.contains_key(&victim),
+        "{after:?}"
+    );
+}
