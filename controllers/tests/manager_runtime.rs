@@ -43,7 +43,7 @@ async fn leader_election_hands_over_and_probes_and_metrics_answer() {
         "--leader-lease-seconds",
         "6",
     ];
-    let mut managers = vec![
+    let mut managers = [
         Some(start_manager(&cp, &flags)),
         Some(start_manager(&cp, &flags)),
     ];
