@@ -690,6 +690,8 @@ impl RbacManager {
                 "--leader-election-namespace",
                 lease_namespace,
             ])
+            // The webhooks need a serving certificate; tests/webhooks.rs covers them.
+            .arg("--webhook-port=0")
             .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
             .args([
                 "--health-probe-bind-address",
@@ -903,4 +905,42 @@ async fn manager_runs_under_exactly_the_released_rbac() {
         "the released RBAC is not enough:\n{log}"
     );
     assert!(log.contains("became leader"), "{log}");
+}
+
+/// Every flag the released Deployment passes exists in `beskar7 manager` (a renamed or missing
+/// flag would crash-loop the pod).
+#[test]
+fn deployment_args_are_flags_of_the_manager() {
+    let (_out, dir) = release();
+    let components = std::fs::read_to_string(dir.join("infrastructure-components.yaml")).unwrap();
+    let objects = docs(&components);
+    let deployment = objects.iter().find(|o| kind(o) == "Deployment").unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"], json!(["/beskar7"]));
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "manager");
+    let help = Command::new(env!("CARGO_BIN_EXE_beskar7"))
+        .args(["manager", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut flags = 0;
+    for arg in &args[1..] {
+        let flag = arg.split('=').next().unwrap();
+        assert!(flag.starts_with("--"), "{arg}");
+        assert!(
+            help.contains(&format!("{flag} "))
+                || help.contains(&format!("{flag}="))
+                || help.contains(&format!("{flag}\n")),
+            "beskar7 manager has no {flag}:\n{help}"
+        );
+        flags += 1;
+    }
+    assert!(flags >= 10, "{args:?}");
 }

@@ -254,3 +254,71 @@ async fn webhooks_reject_template_changes_and_allow_clusterclass_dry_runs() {
 
     server.abort();
 }
+
+/// `beskar7 manager --webhook-port --webhook-cert-dir` serves the same webhooks, as the
+/// Deployment runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_serves_the_webhooks() {
+    let cp = ControlPlane::start().await.expect("local control plane");
+    let client = cp.client();
+    let ca = Ca::new("beskar7-webhook-test-ca").unwrap();
+    let serving = ca.loopback_serving_cert("beskar7-webhooks").unwrap();
+    let cert_dir = tempfile::tempdir().unwrap();
+    std::fs::write(cert_dir.path().join("tls.crt"), &serving.cert_pem).unwrap();
+    std::fs::write(cert_dir.path().join("tls.key"), &serving.key_pem).unwrap();
+    let port = beskar7_test::free_port();
+    let manager = beskar7_test::ManagerProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_beskar7")),
+        &cp,
+        &[
+            "--webhook-port",
+            &port.to_string(),
+            "--webhook-cert-dir",
+            cert_dir.path().to_str().unwrap(),
+        ],
+    )
+    .expect("start beskar7 manager");
+    assert_eq!(register(&client, port, &ca.cert_pem()).await, 3);
+
+    let ns = "manager-webhooks";
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let templates = api(&client, ns, "Beskar7MachineTemplate");
+    templates
+        .create(
+            &PostParams::default(),
+            &object(
+                "Beskar7MachineTemplate",
+                "workers",
+                machine_template_spec("kairos", "http://images.test/a.iso"),
+            ),
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    for attempt in 0.. {
+        let change = json!({"spec": {"template": {"spec": {"imageURL": format!("http://images.test/b-{attempt}.iso")}}}});
+        match templates
+            .patch("workers", &PatchParams::default(), &Patch::Merge(&change))
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.message.contains("spec is immutable") => break,
+            other => assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the manager's webhook never denied a template change: {other:?}\nmanager log:\n{}",
+                manager.log_tail(40)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        manager.log_text().contains("webhook server listening"),
+        "{}",
+        manager.log_tail(40)
+    );
+}
