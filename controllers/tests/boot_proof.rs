@@ -476,6 +476,8 @@ async fn check_case(case: &Case, b: &BridgedBoot, provider_id: &str, artifacts: 
                 .unwrap_or_else(|| panic!("{m}: no ignition.config.url: {:?}", out.cmdline()));
             assert!(url.starts_with(artifacts), "{m}: {url}");
             assert_arg(out, "flatcar.first_boot=1", m);
+            // No volume to carry meta-data: the providerID rides on the command line.
+            assert_arg(out, &format!("beskar7.provider_id={provider_id}"), m);
             let served = reqwest::get(&url).await.unwrap().text().await.unwrap();
             assert!(
                 served.contains(MARKER),

@@ -342,6 +342,13 @@ async fn machines_get_hosts_booted_with_their_config_and_give_them_back() {
         kernel_line.contains("console=ttyS0"),
         "original arguments kept: {grub}"
     );
+    assert!(
+        kernel_line.contains(&format!(
+            "beskar7.provider_id=beskar7://{NS}/{}",
+            claimed[1]
+        )),
+        "no config volume, so the providerID rides on the command line: {grub}"
+    );
 
     // Deleting a CAPI Machine gives its host back: powered off, media ejected, Available.
     capi_machines

@@ -29,6 +29,8 @@ use crate::context::{Context, bmc_target};
 use crate::error::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "beskar7-physicalhost";
+/// Kernel argument carrying the providerID for OSes without a config volume.
+pub const PROVIDER_ID_KERNEL_ARG: &str = "beskar7.provider_id";
 
 fn key(host: &PhysicalHost) -> String {
     format!(
@@ -486,6 +488,15 @@ async fn prepare_media(
         provider_id: provider_id(&ns, &host_name),
         extra: Default::default(),
     };
+    // An OS that reads no config volume (Flatcar) finds its providerID on the kernel command
+    // line, where the cluster templates read it for kubelet.
+    let mut kernel_args = plan.kernel_args.clone();
+    if plan.config_volume.is_none() {
+        kernel_args.push(boot::KernelArg::Literal(format!(
+            "{PROVIDER_ID_KERNEL_ARG}={}",
+            meta.provider_id
+        )));
+    }
     let rendered = match &bootstrap {
         Some((data, format)) => Some(os.render(data, *format, &meta)?),
         None => None,
@@ -494,7 +505,7 @@ async fn prepare_media(
         boot_iso: Some(BootIsoSource {
             url: prov.image_url.clone(),
             sha256: prov.image_checksum.clone(),
-            kernel_args: plan.kernel_args.clone(),
+            kernel_args,
         }),
         config_volume: None,
         config_document: None,
