@@ -23,13 +23,13 @@
 //! Each boot's wall time is printed (`--nocapture` shows it).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use beskar7_api::{Beskar7Machine, HostState, PhysicalHost};
 use beskar7_test::boot_bridge::{self, BridgedBoot};
 use beskar7_test::vm::{self, BootKit, BootOutput, Firmware, IsoLayout, Medium, VmSpec};
-use beskar7_test::{BmcLab, ControlPlane, LabSystem};
+use beskar7_test::{BmcLab, ControlPlane, LabSystem, ManagerProcess as Manager};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 
@@ -68,80 +68,8 @@ fn report(case: &str, out: &BootOutput) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The manager as a process and objects as a user writes them (the patterns of
-// tests/provisioning.rs, kept here so this file stands on its own).
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `beskar7 manager` against a control plane, killed on drop.
-struct Manager {
-    child: Child,
-    log: PathBuf,
-    artifacts: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Manager {
-    fn start(cp: &ControlPlane) -> Manager {
-        let dir = tempfile::tempdir().unwrap();
-        let (metrics, health, artifacts) = (free_port(), free_port(), free_port());
-        let log = dir.path().join("manager.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let key = dir.path().join("token.key");
-        std::fs::write(&key, b"beskar7-boot-proof-artifact-token-key-0123456789").unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_beskar7"))
-            .arg("manager")
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig_path())
-            .args(["--leader-elect=false", "--host-refresh-seconds", "20"])
-            .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
-            .args([
-                "--health-probe-bind-address",
-                &format!("127.0.0.1:{health}"),
-            ])
-            .args(["--artifact-bind-address", &format!("127.0.0.1:{artifacts}")])
-            .args([
-                "--artifact-base-url",
-                &format!("http://127.0.0.1:{artifacts}"),
-            ])
-            .arg("--artifact-cache-dir")
-            .arg(dir.path().join("cache"))
-            .arg("--artifact-token-key-file")
-            .arg(&key)
-            .env("RUST_LOG", "info,beskar7_controllers=debug,kube=warn")
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("start beskar7 manager");
-        Manager {
-            child,
-            log,
-            artifacts: format!("http://127.0.0.1:{artifacts}"),
-            _dir: dir,
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// Objects as a user writes them (the patterns of tests/provisioning.rs); the manager process is
+// beskar7_test::ManagerProcess.
 
 /// Polls `f` until it returns `Some`, or panics with `what` and the manager's log.
 async fn eventually<T, F, Fut>(what: &str, timeout: Duration, manager: &Manager, mut f: F) -> T
@@ -516,7 +444,9 @@ async fn provider_media_boot_in_vms() {
             lab.add_image(&format!("{layout:?}.iso"), &bytes).unwrap(),
         );
     }
-    let manager = Manager::start(&cp);
+    // The manager's webhooks are off (--webhook-port=0 is ManagerProcess's default).
+    let manager = Manager::start(Path::new(env!("CARGO_BIN_EXE_beskar7")), &cp, &[])
+        .expect("start beskar7 manager");
     let hosts = enroll_lab(&client, &lab, &[("role", "boot-proof")]).await;
     for h in &hosts {
         eventually(
