@@ -25,8 +25,6 @@ pub struct Settings {
     pub waiting_requeue: Duration,
     /// Requests in flight to one BMC at once.
     pub bmc_concurrency: usize,
-    /// Only reconcile objects with `cluster.x-k8s.io/watch-filter=<value>`.
-    pub watch_filter: Option<String>,
 }
 
 impl Default for Settings {
@@ -36,7 +34,6 @@ impl Default for Settings {
             host_poll: Duration::from_secs(3),
             waiting_requeue: Duration::from_secs(15),
             bmc_concurrency: 4,
-            watch_filter: None,
         }
     }
 }

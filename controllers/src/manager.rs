@@ -201,7 +201,6 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         settings: Settings {
             host_refresh: Duration::from_secs(args.host_refresh_seconds),
             bmc_concurrency: args.bmc_concurrency,
-            watch_filter: args.watch_filter.clone(),
             ..Settings::default()
         },
         artifacts: store,

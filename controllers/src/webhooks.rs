@@ -32,7 +32,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 /// Annotation CAPI's topology controller sets on objects it sends in dry-run requests.
-pub const TOPOLOGY_DRY_RUN_ANNOTATION: &str = "topology.cluster.x-k8s.io/dry-run";
+pub use crate::capi::DRY_RUN_ANNOTATION as TOPOLOGY_DRY_RUN_ANNOTATION;
 
 /// URL paths, as controller-runtime names them (`/validate-<group with dashes>-<version>-<kind>`).
 pub const VALIDATE_MACHINE_TEMPLATE: &str =

@@ -10,10 +10,10 @@ use beskar7_api::{
     MachineAddressType, MachineInitialization, PhysicalHost, Provisioning, ProvisioningMode,
     provider_id,
 };
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -518,9 +518,4 @@ async fn delete(
 pub fn error_policy(m: Arc<Beskar7Machine>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(machine = %key(&m), error = %err, "reconcile error");
     Action::requeue(ctx.backoff(&key(&m), err.is_transient()))
-}
-
-/// Object reference of a machine, for events.
-pub fn reference(m: &Beskar7Machine) -> k8s_openapi::api::core::v1::ObjectReference {
-    m.object_ref(&())
 }
