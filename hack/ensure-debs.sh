@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use to check our work with independent tools.
 # Idempotent: installs only what is missing. Each line of PACKAGES says who needs it.
+# `hack/ensure-debs.sh bench` also installs BENCH_PACKAGES (make bench).
 set -euo pipefail
 PACKAGES=(
   # boot media checks: ISO / FAT readers and builders
@@ -13,6 +14,13 @@ PACKAGES=(
   # hack/testbin.sh: /usr/bin/time -v reports the peak memory of each Go build
   time
 )
+BENCH_PACKAGES=(
+  # make bench: the static file server the artifact server is compared with
+  nginx-light
+)
+if [ "${1:-}" = bench ]; then
+  PACKAGES+=("${BENCH_PACKAGES[@]}")
+fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
