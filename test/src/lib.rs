@@ -37,6 +37,7 @@ pub mod boot_bridge;
 pub mod capi;
 pub mod certs;
 mod control_plane;
+pub mod fake_bmc;
 pub mod fixtures;
 pub mod manager;
 mod process;
