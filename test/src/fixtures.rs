@@ -148,3 +148,34 @@ pub fn fat_extract(image: &Path, file: &str) -> std::io::Result<Vec<u8>> {
     }
     Ok(out.stdout)
 }
+
+/// A PhysicalHost `name` for one lab system reached through `proxy` (one proxy per host): a CA
+/// Secret `<name>-proxy-ca` with the proxy's CA, a credentials Secret `<name>-bmc`, and the
+/// host pointing at the proxy's address.
+pub async fn enroll_via_proxy(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    system: &LabSystem,
+    proxy: &crate::BmcProxy,
+    labels: &[(&str, &str)],
+) -> Result<PhysicalHost, kube::Error> {
+    let ca_name = format!("{name}-proxy-ca");
+    let ca: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": ca_name},
+        "stringData": {"ca.crt": proxy.ca_pem},
+    }))
+    .expect("valid Secret");
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &ca)
+        .await?;
+    enroll(
+        client,
+        ns,
+        name,
+        &proxy.system(system),
+        Some(&ca_name),
+        labels,
+    )
+    .await
+}

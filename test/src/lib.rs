@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod bmc_lab;
+pub mod bmc_proxy;
 pub mod boot_bridge;
 pub mod capi;
 pub mod certs;
@@ -46,6 +47,7 @@ pub mod vm;
 pub mod workload;
 
 pub use bmc_lab::{BmcLab, LabSystem};
+pub use bmc_proxy::{BmcProxy, Fault, FaultRule};
 pub use capi::CapiProvider;
 pub use control_plane::{ControlPlane, ControlPlaneBuilder, install_crypto_provider};
 pub use manager::{ManagerProcess, free_port};
