@@ -50,6 +50,8 @@ pub struct ProxyRecord {
     pub fault: Option<String>,
     /// JSON body of a POST/PATCH (never of a session login).
     pub body: Option<serde_json::Value>,
+    /// `PowerState` in the BMC's answer to a GET (of a ComputerSystem).
+    pub power_state: Option<String>,
 }
 
 impl ProxyRecord {
@@ -162,7 +164,10 @@ impl FaultRule {
     fn matches(&self, method: &str, path: &str) -> bool {
         self.remaining != Some(0)
             && self.method.as_deref().is_none_or(|m| m == method)
-            && self.path_contains.as_deref().is_none_or(|p| path.contains(p))
+            && self
+                .path_contains
+                .as_deref()
+                .is_none_or(|p| path.contains(p))
     }
 }
 
@@ -433,6 +438,7 @@ impl Inner {
             status: None,
             fault: None,
             body,
+            power_state: None,
         });
         n
     }
@@ -442,6 +448,13 @@ impl Inner {
         if let Some(r) = log.iter_mut().rev().find(|r| r.seq == seq) {
             r.status = status;
             r.fault = fault;
+        }
+    }
+
+    fn set_power_state(&self, seq: u64, power: String) {
+        let mut log = self.log.lock().unwrap();
+        if let Some(r) = log.iter_mut().rev().find(|r| r.seq == seq) {
+            r.power_state = Some(power);
         }
     }
 
@@ -461,7 +474,11 @@ async fn handle(
     kill: &tokio::sync::Notify,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let method = parts.method.as_str().to_string();
     let path = parts.uri.path().to_string();
     let path_and_query = parts
@@ -532,7 +549,11 @@ async fn handle(
             }
             s.next += 1;
             s.issued += 1;
-            let token = format!("proxy-session-{:x}-{}", inner.started.elapsed().as_nanos(), s.next);
+            let token = format!(
+                "proxy-session-{:x}-{}",
+                inner.started.elapsed().as_nanos(),
+                s.next
+            );
             s.valid.insert(token.clone());
             let id = s.next;
             drop(s);
@@ -615,6 +636,12 @@ async fn handle(
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let mut bytes = resp.bytes().await.unwrap_or_default();
+    if method == "GET"
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && let Some(p) = v.get("PowerState").and_then(|p| p.as_str())
+    {
+        inner.set_power_state(seq, p.to_string());
+    }
     if inner.sessions.is_some()
         && method == "GET"
         && path.trim_end_matches('/') == "/redfish/v1"
@@ -632,8 +659,8 @@ async fn handle(
         }
         bytes = Bytes::from(root.to_string());
     }
-    let mut builder = Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+    let mut builder =
+        Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
     for (name, value) in &headers {
         let n = name.as_str();
         if matches!(
