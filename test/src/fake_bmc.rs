@@ -872,3 +872,155 @@ fn system_request(
         _ => not_found(path),
     }
 }
+
+/// Objects for tests that run the manager without the CAPI managers: what CAPI would have
+/// written (a Cluster whose infrastructure is provisioned, Machines owning their
+/// Beskar7Machines), created directly, so a thousand machines cost only API writes.
+pub mod stand_in {
+    use kube::api::{
+        Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    };
+    use serde_json::json;
+
+    use super::FakeBmc;
+
+    const CAPI_GROUP: &str = "cluster.x-k8s.io";
+    const INFRA_GROUP: &str = "infrastructure.cluster.x-k8s.io";
+
+    fn api(
+        client: &kube::Client,
+        ns: &str,
+        group: &str,
+        version: &str,
+        kind: &str,
+    ) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            client.clone(),
+            ns,
+            &ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind)),
+        )
+    }
+
+    async fn create(
+        client: &kube::Client,
+        ns: &str,
+        group: &str,
+        version: &str,
+        kind: &str,
+        body: serde_json::Value,
+    ) -> Result<DynamicObject, kube::Error> {
+        let mut obj: DynamicObject =
+            serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+        obj.types = Some(kube::core::TypeMeta {
+            api_version: format!("{group}/{version}"),
+            kind: kind.into(),
+        });
+        api(client, ns, group, version, kind)
+            .create(&PostParams::default(), &obj)
+            .await
+    }
+
+    /// A credentials Secret and a PhysicalHost `<prefix>-NNNN` per fake system, `concurrency`
+    /// creations at a time. Returns the host names in system order.
+    pub async fn enroll(
+        client: &kube::Client,
+        ns: &str,
+        bmc: &FakeBmc,
+        prefix: &str,
+        concurrency: usize,
+    ) -> Result<Vec<String>, kube::Error> {
+        use futures::StreamExt;
+        let names: Vec<String> = (0..bmc.systems.len())
+            .map(|i| format!("{prefix}-{i:04}"))
+            .collect();
+        let results: Vec<Result<_, kube::Error>> =
+            futures::stream::iter(names.iter().zip(&bmc.systems))
+                .map(|(name, s)| crate::fixtures::enroll(client, ns, name, s, None, &[]))
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+        for r in results {
+            r?;
+        }
+        Ok(names)
+    }
+
+    /// A CAPI Cluster `name` whose status says its infrastructure is provisioned (what CAPI
+    /// writes once the Beskar7Cluster is ready).
+    pub async fn cluster(client: &kube::Client, ns: &str, name: &str) -> Result<(), kube::Error> {
+        create(client, ns, CAPI_GROUP, "v1beta2", "Cluster", json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"infrastructureRef": {"apiGroup": INFRA_GROUP, "kind": "Beskar7Cluster", "name": name}},
+        }))
+        .await?;
+        api(client, ns, CAPI_GROUP, "v1beta2", "Cluster")
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"initialization": {"infrastructureProvisioned": true}}}),
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A CAPI Machine `name` in `cluster` and the Beskar7Machine it owns (PreBakedISO of
+    /// `image_url`, so the manager neither waits for bootstrap data nor fetches the image).
+    pub async fn machine(
+        client: &kube::Client,
+        ns: &str,
+        cluster: &str,
+        name: &str,
+        image_url: &str,
+    ) -> Result<(), kube::Error> {
+        let m = create(client, ns, CAPI_GROUP, "v1beta2", "Machine", json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"cluster.x-k8s.io/cluster-name": cluster}},
+            "spec": {
+                "clusterName": cluster,
+                "bootstrap": {"dataSecretName": format!("{name}-bootstrap")},
+                "infrastructureRef": {"apiGroup": INFRA_GROUP, "kind": "Beskar7Machine", "name": name},
+            },
+        }))
+        .await?;
+        create(client, ns, INFRA_GROUP, "v1alpha1", "Beskar7Machine", json!({
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": {"cluster.x-k8s.io/cluster-name": cluster},
+                "ownerReferences": [{
+                    "apiVersion": format!("{CAPI_GROUP}/v1beta2"),
+                    "kind": "Machine",
+                    "name": name,
+                    "uid": m.metadata.uid,
+                    "controller": true,
+                    "blockOwnerDeletion": true,
+                }],
+            },
+            "spec": {"osFamily": "talos", "imageURL": image_url, "provisioningMode": "PreBakedISO"},
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// [`machine`] for each name, `concurrency` at a time; `image_url(name)` gives each its image.
+    pub async fn machines(
+        client: &kube::Client,
+        ns: &str,
+        cluster: &str,
+        names: &[String],
+        image_url: impl Fn(&str) -> String,
+        concurrency: usize,
+    ) -> Result<(), kube::Error> {
+        use futures::StreamExt;
+        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(names)
+            .map(|n| {
+                let url = image_url(n);
+                async move { machine(client, ns, cluster, n, &url).await }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+}
