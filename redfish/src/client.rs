@@ -159,7 +159,14 @@ pub struct ClientConfig {
     pub discovery_ttl: Duration,
     /// Called once per request sent on the wire.
     pub recorder: Option<Recorder>,
+    /// Largest response body read from the BMC; a longer one is an `Error::ResponseTooLarge`
+    /// (memory stays bounded whatever the BMC sends).
+    pub max_body_bytes: usize,
 }
+
+/// Default `ClientConfig::max_body_bytes`: Redfish resources are kilobytes; the largest
+/// collections of real BMCs stay well under a mebibyte.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -192,6 +199,7 @@ impl ClientConfig {
             task_timeout: Duration::from_secs(600),
             discovery_ttl: Duration::from_secs(900),
             recorder: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -442,16 +450,50 @@ impl Client {
             .map_err(|e| error::from_transport(e.as_ref(), self.inner.base.as_str()))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| error::from_transport(&e, self.inner.base.as_str()))?;
+        let body = self.read_body(resp, &method, path).await?;
         tracing::debug!(method = %method, path, status, bytes = body.len(), "redfish request");
         Ok(Response {
             status,
             headers,
-            body: body.to_vec(),
+            body,
         })
+    }
+
+    /// Read a response body, at most `max_body_bytes` of it (checked against Content-Length
+    /// first, then chunk by chunk, so an endless or huge body never sits in memory).
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+        method: &Method,
+        path: &str,
+    ) -> Result<Vec<u8>> {
+        let limit = self.inner.config.max_body_bytes;
+        let too_large = || Error::ResponseTooLarge {
+            what: format!("{method} {path}"),
+            limit,
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(
+            resp.content_length()
+                .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+                .min(64 * 1024),
+        );
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| error::from_transport(&e, self.inner.base.as_str()))?
+        {
+            if body.len().saturating_add(chunk.len()) > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// The service root (cached). Fetched with basic auth on first use.

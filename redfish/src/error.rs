@@ -28,6 +28,9 @@ pub enum Error {
     /// Bad configuration on our side (address, CA bundle, several systems without an id).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The BMC's response body exceeded `ClientConfig::max_body_bytes`; reading stopped there.
+    #[error("BMC response too large: {what}: body exceeds the limit of {limit} bytes")]
+    ResponseTooLarge { what: String, limit: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -44,6 +47,7 @@ impl Error {
             Error::BmcBusy(_) => "BMCBusy",
             Error::Protocol(_) => "RedfishProtocolError",
             Error::Config(_) => "InvalidBMCConfiguration",
+            Error::ResponseTooLarge { .. } => "RedfishResponseTooLarge",
         }
     }
 

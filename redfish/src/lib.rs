@@ -22,8 +22,8 @@ pub mod ops;
 pub mod probe;
 
 pub use client::{
-    AuthMode, Body, Client, ClientConfig, Credentials, Fetched, Recorder, RequestRecord,
-    RequestStats, Response, Tls,
+    AuthMode, Body, Client, ClientConfig, Credentials, DEFAULT_MAX_BODY_BYTES, Fetched, Recorder,
+    RequestRecord, RequestStats, Response, Tls,
 };
 pub use error::{Error, Result};
 pub use ops::{
