@@ -208,12 +208,63 @@ pub struct RenderedConfig {
     pub volume_label: Option<&'static str>,
 }
 
-fn kairos_user_data(data: &[u8]) -> Result<Vec<u8>, ProfileError> {
+/// First line of a cloud-config that cloud-init renders as a Jinja template (CAPI's kubeadm
+/// bootstrap writes it so `{{ ds.meta_data.provider_id }}` reaches the kubelet flags).
+const JINJA_HEADER: &str = "## template: jinja";
+
+/// Kairos runs yip, not cloud-init, so nothing would render a Jinja cloud-config on the machine:
+/// the instance-data variables are substituted here, from the same values as the config
+/// volume's meta-data. Any other expression is refused rather than passed on unrendered.
+fn render_instance_data(text: &str, meta: &MetaData) -> Result<String, ProfileError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| ProfileError::Invalid {
+            os: OsFamily::Kairos,
+            what: "Jinja cloud-config",
+            err: "an expression opened with {{ is never closed".into(),
+        })?;
+        let value = match after[..end].trim() {
+            "ds.meta_data.provider_id" | "ds.meta_data['provider-id']" => &meta.provider_id,
+            "ds.meta_data.local_hostname" | "v1.local_hostname" | "local_hostname" => {
+                &meta.local_hostname
+            }
+            "ds.meta_data.instance_id" | "v1.instance_id" | "instance_id" => &meta.instance_id,
+            other => {
+                return Err(ProfileError::Invalid {
+                    os: OsFamily::Kairos,
+                    what: "Jinja cloud-config",
+                    err: format!(
+                        "`{{{{ {other} }}}}` cannot be rendered: Kairos does not run cloud-init's \
+                         Jinja, and only ds.meta_data.provider_id, local_hostname and \
+                         instance_id are substituted"
+                    ),
+                });
+            }
+        };
+        out.push_str(value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn kairos_user_data(data: &[u8], meta: &MetaData) -> Result<Vec<u8>, ProfileError> {
     let text = std::str::from_utf8(data).map_err(|e| ProfileError::Invalid {
         os: OsFamily::Kairos,
         what: "UTF-8",
         err: e.to_string(),
     })?;
+    let rendered;
+    let text = match text.split_once('\n') {
+        Some((first, body)) if first.trim_end() == JINJA_HEADER => {
+            rendered = render_instance_data(body, meta)?;
+            rendered.as_str()
+        }
+        _ => text,
+    };
     let mut value: serde_yaml::Value = if text.trim().is_empty() {
         serde_yaml::Value::Mapping(Default::default())
     } else {
@@ -301,7 +352,7 @@ impl OsFamily {
         let meta_file = VolumeFile::new("meta-data", meta.render());
         match (self, format) {
             (Self::Kairos, BootstrapFormat::CloudConfig) => {
-                let user = kairos_user_data(data)?;
+                let user = kairos_user_data(data, meta)?;
                 Ok(RenderedConfig {
                     volume_label: None,
                     document: user.clone(),
@@ -590,6 +641,51 @@ mod tests {
                 .map(|f| f.path.as_str())
                 .collect::<Vec<_>>(),
             vec!["user-data", "meta-data"]
+        );
+    }
+
+    #[test]
+    fn kairos_renders_the_jinja_instance_data_capi_writes() {
+        let data = b"## template: jinja\n#cloud-config\nwrite_files:\n- path: /run/kubeadm/kubeadm.yaml\n  content: |\n    nodeRegistration:\n      name: '{{ ds.meta_data.local_hostname }}'\n      kubeletExtraArgs:\n      - name: provider-id\n        value: '{{ ds.meta_data.provider_id }}'\n";
+        let m = meta();
+        let r = OsFamily::Kairos
+            .render(data, BootstrapFormat::CloudConfig, &m)
+            .unwrap();
+        let s = String::from_utf8(r.document).unwrap();
+        assert!(s.starts_with("#cloud-config\n"), "{s}");
+        assert!(!s.contains("{{") && !s.contains("jinja"), "{s}");
+        let v: serde_yaml::Value = serde_yaml::from_str(&s).unwrap();
+        let content = v["write_files"][0]["content"].as_str().unwrap();
+        assert!(
+            content.contains(&format!("value: '{}'", m.provider_id)),
+            "{content}"
+        );
+        assert!(
+            content.contains(&format!("name: '{}'", m.local_hostname)),
+            "{content}"
+        );
+
+        // An expression only cloud-init could evaluate is refused, naming it.
+        let err = OsFamily::Kairos
+            .render(
+                b"## template: jinja\n#cloud-config\nhostname: {{ v1.region }}\n",
+                BootstrapFormat::CloudConfig,
+                &m,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("v1.region"), "{err}");
+        // Without the header, braces are data.
+        let plain = OsFamily::Kairos
+            .render(
+                b"#cloud-config\nruncmd:\n- echo '{{ not jinja }}'\n",
+                BootstrapFormat::CloudConfig,
+                &m,
+            )
+            .unwrap();
+        assert!(
+            String::from_utf8(plain.document)
+                .unwrap()
+                .contains("{{ not jinja }}")
         );
     }
 
