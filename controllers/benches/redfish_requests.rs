@@ -8,18 +8,34 @@
 //! requests of the release (until the host is Available again) are counted.
 //!
 //! Prints `BENCH redfish_requests_per_provision <n> requests` and
-//! `BENCH redfish_requests_per_release <n> requests`, with the requests themselves on stderr.
+//! `BENCH redfish_requests_per_release <n> requests`, with the requests themselves on stderr,
+//! and the power actions among them (`redfish_power_actions_per_{provision,release}`).
+//!
+//! Vendor shapes: the captured BMCs in `shared/redfish-mockups` are served read-only by the
+//! redfish crate's test server (`redfish/tests/common`, shared here, which counts requests), so
+//! a manager cannot provision against them (power and media never change). For each shape the
+//! host controller's Redfish sequence for one provisioning of a powered-off host with empty
+//! slots (the capture is answered with `PowerState: Off` and empty slots; read power,
+//! read each slot, eject what is there, insert the boot ISO, one-time boot from CD, power on,
+//! read power) is replayed with the same client on a warm discovery, and its requests printed as
+//! `BENCH redfish_requests_per_provision_<shape> <n> requests` (plus the cold discovery with
+//! inventory as `redfish_requests_per_discovery_<shape>`).
+//!
 //! No assertion on any figure.
 //!
 //! Run: `cargo bench -p beskar7-controllers --bench redfish_requests` (needs `make testbin` and
-//! the BMC lab's venv).
+//! the BMC lab's venv; `BESKAR7_BENCH_SHAPES_ONLY=1` measures only the vendor shapes).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "../../redfish/tests/common/mod.rs"]
+mod mockup;
+
 use std::time::Duration;
 
 use beskar7_api::{Beskar7Machine, HostState, PhysicalHost};
+use beskar7_redfish as redfish;
 use beskar7_test::bmc_proxy::ProxyRecord;
 use beskar7_test::{BmcLab, BmcProxy, ControlPlane};
 use k8s_openapi::api::core::v1::Secret;
@@ -61,7 +77,82 @@ fn summary(reqs: &[ProxyRecord]) -> String {
         .join("\n")
 }
 
+/// (discovery with inventory, one provisioning pass) requests against a captured vendor shape.
+async fn vendor_shape(mockup_name: &str) -> anyhow::Result<(usize, usize)> {
+    // The capture as a host looks when it is claimed: powered off, every slot empty.
+    let hook: mockup::Hook = std::sync::Arc::new(|r, s: &mockup::Server| {
+        if r.method != "GET" {
+            return None;
+        }
+        let mut v = s.resource(&r.path)?;
+        let obj = v.as_object_mut()?;
+        if obj.contains_key("PowerState") {
+            obj.insert("PowerState".into(), serde_json::json!("Off"));
+        } else if r.path.contains("/VirtualMedia/") && obj.contains_key("Image") {
+            obj.insert("Image".into(), serde_json::Value::Null);
+            obj.insert("ImageName".into(), serde_json::Value::Null);
+            obj.insert("Inserted".into(), serde_json::json!(false));
+        } else {
+            return None;
+        }
+        Some(mockup::Reply::json(200, &v))
+    });
+    let srv = mockup::Server::mockup(mockup_name, Some(hook)).await;
+    let c = srv.client();
+    let d = c.discover(None).await?;
+    c.inventory(&d).await?;
+    let discovery = srv.requests().len();
+    srv.clear();
+    let boot = d
+        .boot_slot()
+        .map(|s| s.path.clone())
+        .ok_or_else(|| anyhow::anyhow!("{mockup_name}: no CD slot"))?;
+    // As the host controller does on a claimed host: power, slots, media, boot override, power on.
+    c.power_state(&d).await?;
+    for slot in d.slots.iter().filter(|s| !s.skipped) {
+        let current = c.read_slot(&slot.path).await?;
+        let want = (slot.path == boot).then_some("https://10.0.0.5/boot.iso");
+        let image = current.media.current_image().map(str::to_string);
+        if (current.media.is_inserted() || image.is_some()) && image.as_deref() != want {
+            c.eject_media(&slot.path).await?;
+        }
+        if let Some(url) = want {
+            c.insert_media(&slot.path, url).await?;
+        }
+    }
+    c.set_boot_once_cd(&d, Some(redfish::BootMode::Uefi))
+        .await?;
+    c.set_power(&d, redfish::PowerAction::On).await?;
+    // The next pass sees the power on.
+    c.power_state(&d).await?;
+    let pass = srv.requests();
+    eprintln!(
+        "{mockup_name}: provisioning pass ({} requests):\n{}",
+        pass.len(),
+        mockup::paths(&pass).join("\n")
+    );
+    Ok((discovery, pass.len()))
+}
+
 async fn run() -> anyhow::Result<()> {
+    for (shape, dir) in [
+        ("dmtf_rackmount", "dmtf-public-rackmount1"),
+        ("dmtf_tower", "dmtf-public-tower"),
+        ("hpe_ilo", "hpe-ilo"),
+        ("supermicro", "supermicro"),
+    ] {
+        match vendor_shape(dir).await {
+            Ok((discovery, pass)) => {
+                println!("BENCH redfish_requests_per_discovery_{shape} {discovery} requests");
+                println!("BENCH redfish_requests_per_provision_{shape} {pass} requests");
+            }
+            Err(e) => eprintln!("{shape}: not measured: {e}"),
+        }
+    }
+    if std::env::var_os("BESKAR7_BENCH_SHAPES_ONLY").is_some() {
+        return Ok(());
+    }
+
     beskar7_test::install_crypto_provider();
     let cp = ControlPlane::builder().with_capi().start().await?;
     let lab = BmcLab::start(1).await?;
