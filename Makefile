@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build test test-boot test-unit testbin debs crds verify-crds lint fmt clippy clean demo
+.PHONY: all build test test-boot test-unit testbin debs crds verify-crds lint fmt clippy clean demo fuzz
 
 all: build
 
@@ -18,8 +18,12 @@ testbin:
 	hack/testbin.sh
 
 ## test: everything, on a fresh machine: installs what it needs, then runs all tests
-test: debs testbin
+test: debs testbin fuzz
 	$(CARGO) test --workspace --locked
+
+## fuzz: the fuzz targets of fuzz/ (cargo fuzz, nightly), FUZZ_TIME seconds each (default 30)
+fuzz:
+	hack/fuzz.sh
 
 ## test-boot: the boot proof: media the provider inserts are booted in QEMU (OVMF / SeaBIOS)
 test-boot: debs testbin
