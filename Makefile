@@ -22,7 +22,7 @@ test: debs testbin fuzz
 	$(CARGO) test --workspace --locked
 
 ## fuzz: the fuzz targets of fuzz/ (cargo fuzz, nightly), FUZZ_TIME seconds each (default 30)
-fuzz:
+fuzz: debs
 	hack/fuzz.sh
 
 ## test-boot: the boot proof: media the provider inserts are booted in QEMU (OVMF / SeaBIOS)
