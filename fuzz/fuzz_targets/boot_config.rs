@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
         }
         // Bounded growth: each kernel line gets the arguments once (quoted at most 4x + spaces).
         let added: usize = args.iter().map(|a| 4 * a.len() + 3).sum();
-        assert!(p.data.len() <= cfg.len() + p.kernel_lines * added + 16, "grew too much");
+        assert!(
+            p.data.len() <= cfg.len() + p.kernel_lines * added + 16,
+            "grew too much"
+        );
     }
 });

@@ -14,15 +14,23 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(patch.source_len(), data.len() as u64);
     assert!(patch.len() >= patch.source_len());
     // Bounded: a patch adds the rewritten configs (each at most 1 MiB) and little else.
-    assert!(patch.len() - patch.source_len() < 64 << 20, "patch grows by {}", patch.len() - patch.source_len());
+    assert!(
+        patch.len() - patch.source_len() < 64 << 20,
+        "patch grows by {}",
+        patch.len() - patch.source_len()
+    );
     // The whole image through read_at in odd-sized pieces equals write_to.
     let mut whole = Vec::new();
-    patch.write_to(&data, &mut whole).expect("write_to on an in-memory source");
+    patch
+        .write_to(&data, &mut whole)
+        .expect("write_to on an in-memory source");
     assert_eq!(whole.len() as u64, patch.len());
     let mut pieced = Vec::with_capacity(whole.len());
     let mut buf = [0u8; 3001];
     loop {
-        let n = patch.read_at(&data, pieced.len() as u64, &mut buf).expect("read_at");
+        let n = patch
+            .read_at(&data, pieced.len() as u64, &mut buf)
+            .expect("read_at");
         if n == 0 {
             break;
         }
@@ -30,6 +38,11 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(pieced, whole, "read_at and write_to disagree");
     // Past the end reads nothing.
-    assert_eq!(patch.read_at(&data, patch.len() + 1, &mut buf).expect("read_at past end"), 0);
+    assert_eq!(
+        patch
+            .read_at(&data, patch.len() + 1, &mut buf)
+            .expect("read_at past end"),
+        0
+    );
     let _ = data.size();
 });

@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = (t.is_finished(), t.is_failed());
     }
     if let Ok(e) = models::parse::<ErrorBody>(data) {
-        let _ = (e.message_ids(), e.summary(), e.mentions("PropertyValueNotInList"));
+        let _ = (
+            e.message_ids(),
+            e.summary(),
+            e.mentions("PropertyValueNotInList"),
+        );
     }
     if let Ok(a) = models::parse::<ActionInfo>(data) {
         if let Some(v) = a.allowable_values("ResetType") {
