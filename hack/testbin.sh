@@ -124,6 +124,14 @@ if [ ! -f "${OUT}/manifests.done" ]; then
   touch "${OUT}/manifests.done"
 fi
 
+# clusterctl's provider inventory CRD: 'clusterctl move' reads the inventory in both clusters.
+if [ ! -f "${OUT}/capi/clusterctl/clusterctl-api.yaml" ]; then
+  capi_dir="$(cd "${HACK_DIR}/tools/cluster-api" && go list -m -f '{{.Dir}}' sigs.k8s.io/cluster-api)"
+  mkdir -p "${OUT}/capi/clusterctl"
+  cp "${capi_dir}/cmd/clusterctl/config/manifest/clusterctl-api.yaml" "${OUT}/capi/clusterctl/"
+  chmod u+w "${OUT}/capi/clusterctl/clusterctl-api.yaml"
+fi
+
 cat >"${OUT}/versions.env" <<EOF
 KUBERNETES_VERSION=${KUBERNETES_VERSION}
 ETCD_VERSION=${ETCD_VERSION}

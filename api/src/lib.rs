@@ -29,7 +29,7 @@ pub use machine::{
 };
 pub use physical_host::{
     BmcDetails, ConsumerRef, HardwareDetails, HostState, Nic, PhysicalHost, PhysicalHostSpec,
-    PhysicalHostStatus, Provisioning, RedfishConnection, VirtualMediaSlotInfo,
+    PhysicalHostStatus, PowerRequest, Provisioning, RedfishConnection, VirtualMediaSlotInfo,
 };
 
 /// API group of every Beskar7 kind.
@@ -43,6 +43,13 @@ pub const API_VERSION: &str = "infrastructure.cluster.x-k8s.io/v1alpha1";
 pub const CONTRACT_LABEL: &str = "cluster.x-k8s.io/v1beta2";
 /// clusterctl moves objects of kinds whose CRD carries this label, with everything they own.
 pub const MOVE_HIERARCHY_LABEL: &str = "clusterctl.cluster.x-k8s.io/move-hierarchy";
+/// Label for objects clusterctl should move although nothing in the moved hierarchy owns them:
+/// BMC credential and CA Secrets that PhysicalHosts reference by name.
+pub const MOVE_LABEL: &str = "clusterctl.cluster.x-k8s.io/move";
+/// On a PhysicalHost: the claim (`<namespace>/<consumer name>`) whose one-time boot was issued.
+/// Unlike status, annotations survive `clusterctl move`, so a moved host resumes as Provisioned
+/// instead of booting again; the manager keeps it and `status.bootIssuedFor` equal.
+pub const BOOT_ISSUED_ANNOTATION: &str = "infrastructure.cluster.x-k8s.io/beskar7-boot-issued-for";
 /// Provider label clusterctl uses to find a provider's components.
 pub const PROVIDER_LABEL: &str = "cluster.x-k8s.io/provider";
 /// Value of [`PROVIDER_LABEL`] for this provider.

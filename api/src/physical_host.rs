@@ -227,10 +227,15 @@ pub struct PhysicalHostStatus {
     /// The last error, in words a person can act on. Never carries credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// The consumer (`<namespace>/<name>/<uid>`) whose one-time boot was issued. Written before
-    /// the power-on, so a restarted manager resumes waiting instead of power-cycling again.
+    /// The consumer (`<namespace>/<name>`) whose one-time boot was issued. Written before the
+    /// power-on, so a restarted manager resumes waiting instead of power-cycling again; mirrored
+    /// in the `BOOT_ISSUED_ANNOTATION`, which survives `clusterctl move`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_issued_for: Option<String>,
+    /// The last power change asked of the BMC. BMCs take seconds to carry one out and some
+    /// refuse a second request meanwhile, so the same change is not asked again while recent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_power_request: Option<PowerRequest>,
     /// When the BMC was last read successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated: Option<Time>,
@@ -271,6 +276,15 @@ pub struct Nic {
     pub mac: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// A power change the manager asked a BMC for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PowerRequest {
+    /// `On` or `ForceOff`.
+    pub action: String,
+    pub requested_at: Time,
 }
 
 /// What the provider learnt about the BMC itself.

@@ -13,6 +13,9 @@ pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
 pub const PAUSED_ANNOTATION: &str = "cluster.x-k8s.io/paused";
 /// Annotation CAPI topology puts on objects of a ClusterClass dry-run.
 pub const DRY_RUN_ANNOTATION: &str = "topology.cluster.x-k8s.io/dry-run";
+/// Set by `clusterctl move` on the source copy just before deleting it: the object lives on in
+/// the target cluster, so its deletion must not release what it stands for.
+pub const DELETE_FOR_MOVE_ANNOTATION: &str = "clusterctl.cluster.x-k8s.io/delete-for-move";
 /// Label CAPI recommends for `--watch-filter`.
 pub const WATCH_FILTER_LABEL: &str = "cluster.x-k8s.io/watch-filter";
 

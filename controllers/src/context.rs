@@ -23,6 +23,8 @@ pub struct Settings {
     pub host_poll: Duration,
     /// Requeue interval of a machine waiting for a host.
     pub waiting_requeue: Duration,
+    /// How long a power change asked of a BMC is left to complete before it is asked again.
+    pub power_grace: Duration,
     /// Requests in flight to one BMC at once.
     pub bmc_concurrency: usize,
 }
@@ -33,6 +35,7 @@ impl Default for Settings {
             host_refresh: Duration::from_secs(120),
             host_poll: Duration::from_secs(3),
             waiting_requeue: Duration::from_secs(15),
+            power_grace: Duration::from_secs(30),
             bmc_concurrency: 4,
         }
     }

@@ -73,7 +73,7 @@ pub struct ManagerArgs {
     #[arg(long, env = "BESKAR7_BMC_CONCURRENCY", default_value_t = 4)]
     pub bmc_concurrency: usize,
     /// File holding the key that derives artifact URL tokens (keep it across restarts so BMCs'
-    /// URLs stay valid). A random key is used when absent.
+    /// URLs stay valid). A random key is used when the flag is absent or the file is empty.
     #[arg(long, env = "BESKAR7_ARTIFACT_TOKEN_KEY_FILE")]
     pub artifact_token_key_file: Option<PathBuf>,
     /// Port of the admission webhook server (TLS); `0` disables it (the webhooks are then not
@@ -102,25 +102,34 @@ struct Probes {
 }
 
 fn token_key(path: Option<&PathBuf>) -> anyhow::Result<ring::hmac::Key> {
-    let bytes = match path {
-        Some(p) => {
-            let b = std::fs::read(p)
-                .map_err(|e| anyhow::anyhow!("artifact token key file {}: {e}", p.display()))?;
+    let configured = match path {
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("artifact token key file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let bytes = match configured {
+        Some(b) if !b.trim_ascii().is_empty() => {
             anyhow::ensure!(
                 b.len() >= 16,
                 "artifact token key file {} holds fewer than 16 bytes",
-                p.display()
+                path.map(|p| p.display().to_string()).unwrap_or_default()
             );
             b
         }
-        None => {
+        // The released Deployment mounts the key Secret, empty unless BESKAR7_ARTIFACT_TOKEN_KEY
+        // was set at `clusterctl init`: run, but say what it costs.
+        _ => {
             use ring::rand::SecureRandom;
             let mut b = vec![0u8; 32];
             ring::rand::SystemRandom::new()
                 .fill(&mut b)
                 .map_err(|_| anyhow::anyhow!("OS random number generator failed"))?;
             tracing::warn!(
-                "no --artifact-token-key-file: artifact URLs change when the manager restarts"
+                "no artifact token key (--artifact-token-key-file absent or empty; with clusterctl \
+                 set BESKAR7_ARTIFACT_TOKEN_KEY, e.g. `openssl rand -hex 32`): a random key is \
+                 used, so artifact URLs change when the manager restarts"
             );
             b
         }

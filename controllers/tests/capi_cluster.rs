@@ -15,7 +15,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use support::*;
 
 const NS: &str = "default";
-const INFRA: &str = "infrastructure.cluster.x-k8s.io";
 const CAPI: &str = "cluster.x-k8s.io";
 
 async fn hosts_by_state(client: &kube::Client) -> Vec<(String, Option<HostState>, bool)> {
@@ -79,97 +78,10 @@ async fn kubeadm_cluster_on_three_hosts_reaches_running_and_scales_down() {
         lab.ca_pem.clone(),
     );
 
-    let machine_spec = serde_json::json!({"osFamily": "kairos", "imageURL": image_url, "provisioningMode": "BootstrapData"});
-    for (kind, group, version, body) in [
-        (
-            "Beskar7Cluster",
-            INFRA,
-            "v1alpha1",
-            serde_json::json!({"metadata": {"name": "lab"}, "spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": endpoint_port}}}),
-        ),
-        (
-            "Beskar7MachineTemplate",
-            INFRA,
-            "v1alpha1",
-            serde_json::json!({"metadata": {"name": "lab-cp"}, "spec": {"template": {"spec": machine_spec}}}),
-        ),
-        (
-            "Beskar7MachineTemplate",
-            INFRA,
-            "v1alpha1",
-            serde_json::json!({"metadata": {"name": "lab-md"}, "spec": {"template": {"spec": machine_spec}}}),
-        ),
-        (
-            "KubeadmControlPlane",
-            "controlplane.cluster.x-k8s.io",
-            "v1beta2",
-            serde_json::json!({
-                "metadata": {"name": "lab-cp"},
-                "spec": {
-                    "replicas": 1,
-                    "version": "v1.36.3",
-                    "machineTemplate": {"spec": {"infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7MachineTemplate", "name": "lab-cp"}}},
-                    "kubeadmConfigSpec": {
-                        "format": "cloud-config",
-                        "initConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}},
-                        "joinConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}},
-                    },
-                },
-            }),
-        ),
-        (
-            "KubeadmConfigTemplate",
-            "bootstrap.cluster.x-k8s.io",
-            "v1beta2",
-            serde_json::json!({
-                "metadata": {"name": "lab-md"},
-                "spec": {"template": {"spec": {
-                    "format": "cloud-config",
-                    "joinConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}},
-                }}},
-            }),
-        ),
-        (
-            "Cluster",
-            CAPI,
-            "v1beta2",
-            serde_json::json!({
-                "metadata": {"name": "lab"},
-                "spec": {
-                    "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
-                    "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "lab"},
-                    "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "KubeadmControlPlane", "name": "lab-cp"},
-                },
-            }),
-        ),
-        (
-            "MachineDeployment",
-            CAPI,
-            "v1beta2",
-            serde_json::json!({
-                "metadata": {"name": "lab-md"},
-                "spec": {
-                    "clusterName": "lab",
-                    "replicas": 2,
-                    "selector": {"matchLabels": {}},
-                    "template": {"spec": {
-                        "clusterName": "lab",
-                        "version": "v1.36.3",
-                        "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfigTemplate", "name": "lab-md"}},
-                        "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7MachineTemplate", "name": "lab-md"},
-                    }},
-                },
-            }),
-        ),
-    ] {
-        let mut body = body;
-        body["metadata"]["namespace"] = serde_json::json!(NS);
-        create_dynamic(&client, NS, group, version, kind, body).await;
-    }
+    create_kubeadm_cluster(&client, NS, "lab", &image_url, endpoint_port, 1, 2).await;
 
     let _dump = spawn_progress_dump(client.clone(), NS, Duration::from_secs(60));
     // Every Machine gets a host, its providerID, a nodeRef from the stand-in's Node, and Running.
-    let machines = dynamic_api(&client, NS, CAPI, "v1beta2", "Machine");
     let running = eventually(
         "3 Machines Running",
         Duration::from_secs(420),
@@ -179,16 +91,7 @@ async fn kubeadm_cluster_on_three_hosts_reaches_running_and_scales_down() {
             if !errors.is_empty() {
                 eprintln!("stand-in errors so far: {errors:?}");
             }
-            let list = machines.list(&ListParams::default()).await.ok()?.items;
-            let running: Vec<_> = list
-                .iter()
-                .filter(|m| {
-                    m.data["status"]["phase"] == "Running"
-                        && m.data["status"]["nodeRef"]["name"].is_string()
-                })
-                .cloned()
-                .collect();
-            (running.len() == 3).then_some(running)
+            running_machines(&client, NS, 3).await
         },
     )
     .await;

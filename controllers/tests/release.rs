@@ -411,22 +411,6 @@ async fn apply(api: &Api<DynamicObject>, o: &Value) -> DynamicObject {
     .unwrap_or_else(|e| panic!("applying {} {}: {e}", kind(o), name(o)))
 }
 
-/// CAPI's objection to Ignition bootstrap data while its feature gate is off.
-const IGNITION_GATE: &str = "KubeadmBootstrapFormatIgnition feature gate";
-const IGNITION_FLAVOURS: [&str; 2] = ["flatcar", "leapmicro"];
-
-/// A kubeadm object without `format` / `ignition` in its KubeadmConfigSpec.
-fn without_ignition(o: &Value) -> Value {
-    let mut o = o.clone();
-    for pointer in ["/spec/kubeadmConfigSpec", "/spec/template/spec"] {
-        if let Some(Value::Object(spec)) = o.pointer_mut(pointer) {
-            spec.remove("format");
-            spec.remove("ignition");
-        }
-    }
-    o
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_clusters_pass_server_side_dry_run_with_capi_webhooks() {
     let (_out, dir) = release();
@@ -451,7 +435,6 @@ async fn generated_clusters_pass_server_side_dry_run_with_capi_webhooks() {
         let objects = docs(&clusterctl.generate_cluster(flavour, "c1", &ns));
         let mut checked = Vec::new();
         let mut unserved = Vec::new();
-        let mut gate_off = BTreeSet::new();
         // The topology Cluster is validated against its ClusterClass, which must exist: the
         // class and its templates are created for real first, the Cluster is dry-run.
         let (class_objects, rest): (Vec<&Value>, Vec<&Value>) = objects
@@ -469,35 +452,11 @@ async fn generated_clusters_pass_server_side_dry_run_with_capi_webhooks() {
         for o in rest {
             match api_for(&client, o).await {
                 Some(api) => {
-                    let answered = match dry_run_apply(&api, o).await {
-                        Ok(a) => a,
-                        Err(kube::Error::Api(e))
-                            if e.message.contains(IGNITION_GATE)
-                                && IGNITION_FLAVOURS.contains(&flavour) =>
-                        {
-                            // CAPI accepts `format: ignition` only with its feature gate on (as a
-                            // user enables it with EXP_KUBEADM_BOOTSTRAP_FORMAT_IGNITION=true).
-                            // Without it here, the gate must be the only objection: the object
-                            // without its Ignition fields has to pass.
-                            let causes = e
-                                .details
-                                .as_ref()
-                                .map(|d| d.causes.clone())
-                                .unwrap_or_default();
-                            assert!(
-                                !causes.is_empty()
-                                    && causes.iter().all(|c| c.message.contains(IGNITION_GATE)),
-                                "flavour {flavour:?}: {} {}: {e:?}",
-                                kind(o),
-                                name(o)
-                            );
-                            gate_off.insert(kind(o).to_string());
-                            dry_run_apply(&api, &without_ignition(o)).await.unwrap_or_else(|e| panic!("flavour {flavour:?}: {} {} without its Ignition fields rejected: {e}", kind(o), name(o)))
-                        }
-                        Err(e) => {
-                            panic!("flavour {flavour:?}: {} {} rejected: {e}", kind(o), name(o))
-                        }
-                    };
+                    // The harness runs CAPI with KubeadmBootstrapFormatIgnition on, as the
+                    // Flatcar and Leap Micro flavours require: Ignition fields are checked too.
+                    let answered = dry_run_apply(&api, o).await.unwrap_or_else(|e| {
+                        panic!("flavour {flavour:?}: {} {} rejected: {e}", kind(o), name(o))
+                    });
                     assert_eq!(answered.metadata.name.as_deref(), Some(name(o)));
                     checked.push(kind(o).to_string());
                 }
@@ -540,11 +499,6 @@ async fn generated_clusters_pass_server_side_dry_run_with_capi_webhooks() {
             checked.iter().any(|k| k == "Cluster"),
             "flavour {flavour:?}: {checked:?}"
         );
-        if !gate_off.is_empty() {
-            eprintln!(
-                "flavour {flavour:?}: KubeadmBootstrapFormatIgnition is off in the local control plane: {gate_off:?} checked without their Ignition fields"
-            );
-        }
         eprintln!("flavour {flavour:?}: accepted {checked:?}");
     }
 }

@@ -189,6 +189,13 @@ impl BmcLab {
         Ok(self.image_url(name))
     }
 
+    /// Requests that change a system (`POST`, `PATCH`, `PUT`, `DELETE`: power actions, boot
+    /// overrides, virtual media insert and eject), as the emulator's request log lists them
+    /// (`"POST /redfish/v1/... HTTP/1.1" 204`). Sessions are not counted.
+    pub fn changing_requests(&self) -> Vec<String> {
+        changing_requests_in(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
     /// The last lines of the emulator's log.
     pub fn log_tail(&self) -> String {
         tail(&self.log_path, 30)
@@ -263,6 +270,39 @@ impl Drop for BmcLab {
             }
         }
     }
+}
+
+fn changing_requests_in(log: &str) -> Vec<String> {
+    log.lines()
+        .map(strip_ansi)
+        .filter_map(|line| {
+            let request = line.split('"').nth(1)?;
+            let (method, rest) = request.split_once(' ')?;
+            let path = rest.split(' ').next()?;
+            (matches!(method, "POST" | "PATCH" | "PUT" | "DELETE")
+                && !path.contains("/SessionService/"))
+            .then(|| format!("{method} {path}"))
+        })
+        .collect()
+}
+
+/// werkzeug colours the request of non-200 answers (`\x1b[35m\x1b[1mPOST ...\x1b[0m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI sequences end with a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -539,6 +579,17 @@ fn parse_range(v: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn changing_requests_are_read_from_werkzeugs_coloured_log() {
+        let log = "127.0.0.1 - - [22/Nov/2026 16:52:44] \"GET /redfish/v1/ HTTP/1.1\" 200 -\n\
+                   127.0.0.1 - - [22/Nov/2026 16:52:44] \"\x1b[35m\x1b[1mPOST /redfish/v1/Systems/a/Actions/ComputerSystem.Reset HTTP/1.1\x1b[0m\" 204 -\n\
+                   127.0.0.1 - - [22/Nov/2026 16:52:45] \"POST /redfish/v1/SessionService/Sessions HTTP/1.1\" 201 -\n";
+        assert_eq!(
+            super::changing_requests_in(log),
+            vec!["POST /redfish/v1/Systems/a/Actions/ComputerSystem.Reset"]
+        );
+    }
+
     use super::parse_range;
 
     #[test]

@@ -24,9 +24,10 @@ use crate::certs::CertPair;
 use crate::process::ManagedProcess;
 
 /// Feature gates for every manager. ClusterTopology is off by default in CAPI, but ClusterClass
-/// based clusters are what a provider has to work with; MachinePool is on by default (its CRD is
-/// installed).
-const FEATURE_GATES: &str = "ClusterTopology=true";
+/// based clusters are what a provider has to work with; KubeadmBootstrapFormatIgnition is what
+/// users of the Flatcar and Leap Micro flavours turn on (EXP_KUBEADM_BOOTSTRAP_FORMAT_IGNITION);
+/// MachinePool is on by default (its CRD is installed).
+const FEATURE_GATES: &str = "ClusterTopology=true,KubeadmBootstrapFormatIgnition=true";
 
 /// One of the CAPI managers the harness runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,32 @@ impl CapiProvider {
             CapiProvider::Core => "cluster-api-manager",
             CapiProvider::KubeadmBootstrap => "kubeadm-bootstrap-manager",
             CapiProvider::KubeadmControlPlane => "kubeadm-control-plane-manager",
+        }
+    }
+
+    /// Value of the `cluster.x-k8s.io/provider` label clusterctl gives the provider's objects.
+    pub fn provider_label(self) -> &'static str {
+        match self {
+            CapiProvider::Core => "cluster-api",
+            CapiProvider::KubeadmBootstrap => "bootstrap-kubeadm",
+            CapiProvider::KubeadmControlPlane => "control-plane-kubeadm",
+        }
+    }
+
+    /// `(providerName, type, namespace)` of the provider's clusterctl inventory entry.
+    fn inventory_entry(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            CapiProvider::Core => ("cluster-api", "CoreProvider", "capi-system"),
+            CapiProvider::KubeadmBootstrap => (
+                "kubeadm",
+                "BootstrapProvider",
+                "capi-kubeadm-bootstrap-system",
+            ),
+            CapiProvider::KubeadmControlPlane => (
+                "kubeadm",
+                "ControlPlaneProvider",
+                "capi-kubeadm-control-plane-system",
+            ),
         }
     }
 
@@ -272,3 +299,93 @@ pub(crate) async fn webhooks_answer(
 
 /// How long to wait for each manager to become ready.
 pub(crate) const MANAGER_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// clusterctl's label on everything `clusterctl init` installs; `clusterctl move` only discovers
+/// kinds whose CRD carries it.
+const CLUSTERCTL_LABEL: &str = "clusterctl.cluster.x-k8s.io";
+
+/// Labels a CRD as `clusterctl init` does when it installs the provider `provider_label`.
+pub(crate) fn label_as_clusterctl_installed(
+    crd: &mut CustomResourceDefinition,
+    provider_label: &str,
+) {
+    let labels = crd.metadata.labels.get_or_insert_with(Default::default);
+    labels.insert(CLUSTERCTL_LABEL.into(), String::new());
+    labels.insert("cluster.x-k8s.io/provider".into(), provider_label.into());
+}
+
+/// The provider inventory `clusterctl init` writes (one `Provider` per installed provider, in the
+/// provider's namespace): `clusterctl move` and `upgrade` read it in both clusters.
+pub(crate) async fn write_inventory(
+    client: &Client,
+    capi_version: &str,
+) -> Result<(), ControlPlaneError> {
+    let mut entries: Vec<(&str, &str, &str, String, String)> = CapiProvider::ALL
+        .iter()
+        .map(|p| {
+            let (name, type_, ns) = p.inventory_entry();
+            (
+                name,
+                type_,
+                ns,
+                p.provider_label().to_string(),
+                capi_version.to_string(),
+            )
+        })
+        .collect();
+    entries.push((
+        "beskar7",
+        "InfrastructureProvider",
+        "beskar7-system",
+        beskar7_api::PROVIDER_NAME.to_string(),
+        format!("v{}", env!("CARGO_PKG_VERSION")),
+    ));
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "clusterctl.cluster.x-k8s.io",
+        "v1alpha3",
+        "Provider",
+    ));
+    let pp = PostParams::default();
+    for (name, type_, ns, label, version) in entries {
+        let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))
+            .expect("valid Namespace");
+        match namespaces.create(&pp, &namespace).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(source) => {
+                return Err(ControlPlaneError::KubeRequestFailed {
+                    what: format!("creating namespace {ns}"),
+                    source,
+                });
+            }
+        }
+        let mut provider: DynamicObject = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": label,
+                "namespace": ns,
+                "labels": {
+                    CLUSTERCTL_LABEL: "",
+                    "clusterctl.cluster.x-k8s.io/core": "inventory",
+                    "cluster.x-k8s.io/provider": label,
+                },
+            },
+            "providerName": name,
+            "type": type_,
+            "version": version,
+        }))
+        .expect("valid Provider");
+        provider.types = Some(kube::core::TypeMeta {
+            api_version: ar.api_version.clone(),
+            kind: ar.kind.clone(),
+        });
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar)
+            .create(&pp, &provider)
+            .await
+            .map_err(|source| ControlPlaneError::KubeRequestFailed {
+                what: format!("writing the clusterctl inventory entry {label}"),
+                source,
+            })?;
+    }
+    Ok(())
+}

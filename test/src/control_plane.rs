@@ -79,6 +79,18 @@ pub struct ControlPlane {
     api_server_url: String,
     testbin: Testbin,
     running: Running,
+    /// How kube-apiserver was started, for [`ControlPlane::restart_api_server`].
+    api_server: ApiServerSpawn,
+}
+
+/// What starting kube-apiserver again takes.
+struct ApiServerSpawn {
+    /// Its position in `Running::processes`.
+    index: usize,
+    pki: Pki,
+    etcd_client: u16,
+    port: u16,
+    restarts: usize,
 }
 
 /// The processes and the temp dir of a control plane. It exists from the first spawned process
@@ -193,6 +205,28 @@ impl ControlPlane {
 
     /// The last `lines` lines of a process log (`etcd`, `kube-apiserver`, `core`,
     /// `bootstrap-kubeadm`, `controlplane-kubeadm`), for assertion messages.
+    /// Kills kube-apiserver (SIGKILL), leaves it down for `down`, and starts it again on the
+    /// same port with the same etcd, certificates and flags; returns once it is ready. Clients
+    /// reconnect by themselves; their watches are cut. Its log continues in
+    /// `kube-apiserver-restart-<n>.log`.
+    pub async fn restart_api_server(&mut self, down: Duration) -> Result<(), ControlPlaneError> {
+        let spawn = &mut self.api_server;
+        drop(self.running.processes.remove(spawn.index));
+        tokio::time::sleep(down).await;
+        spawn.restarts += 1;
+        let root = self.running.dir().to_path_buf();
+        let process = spawn_kube_apiserver(
+            &self.testbin,
+            &root,
+            &spawn.pki,
+            spawn.etcd_client,
+            spawn.port,
+            &format!("kube-apiserver-restart-{}", spawn.restarts),
+        )?;
+        self.running.processes.insert(spawn.index, process);
+        wait_apiserver_ready(&self.client, &mut self.running).await
+    }
+
     pub fn log_tail(&self, process: &str, lines: usize) -> String {
         crate::process::tail_of_file(&self.running.log(process), lines)
     }
@@ -245,12 +279,14 @@ impl ControlPlane {
             .processes
             .push(spawn_etcd(&testbin, &root, etcd_client, etcd_peer)?);
         // kube-apiserver retries etcd until it answers, so both start at once.
+        let api_server_index = running.processes.len();
         running.processes.push(spawn_kube_apiserver(
             &testbin,
             &root,
             &pki,
             etcd_client,
             apiserver,
+            "kube-apiserver",
         )?);
         let api_server_url = format!("https://127.0.0.1:{apiserver}");
         let kubeconfig = root.join("kubeconfig");
@@ -258,16 +294,22 @@ impl ControlPlane {
         let client = client_from_kubeconfig(&kubeconfig).await?;
         wait_apiserver_ready(&client, &mut running).await?;
 
+        // Every CRD labelled as `clusterctl init` would, so `clusterctl move` finds the kinds.
         let mut crds = beskar7_api::crds::all();
+        for crd in &mut crds {
+            capi::label_as_clusterctl_installed(crd, beskar7_api::PROVIDER_NAME);
+        }
         for (index, provider) in CapiProvider::ALL.iter().enumerate() {
             let mut provider_crds = load_capi_crds(&testbin, *provider)?;
-            if options.capi {
-                for crd in &mut provider_crds {
+            for crd in &mut provider_crds {
+                capi::label_as_clusterctl_installed(crd, provider.provider_label());
+                if options.capi {
                     capi::use_conversion_webhook(crd, manager_ports[index].webhook, &pki.ca_pem);
                 }
             }
             crds.extend(provider_crds);
         }
+        crds.push(load_crd(&testbin.clusterctl_inventory_crd())?);
         install_crds(&client, &crds).await?;
         wait_default_namespace(&client, &mut running).await?;
 
@@ -277,12 +319,20 @@ impl ControlPlane {
             api_server_url,
             testbin,
             running,
+            api_server: ApiServerSpawn {
+                index: api_server_index,
+                pki: pki.clone(),
+                etcd_client,
+                port: apiserver,
+                restarts: 0,
+            },
         };
         if options.garbage_collector {
             cp.start_controller_manager(controller_manager).await?;
         }
         if options.capi {
             cp.start_capi(&ca, &pki.ca_pem, &manager_ports).await?;
+            capi::write_inventory(&cp.client, &cp.testbin.versions.capi).await?;
         }
         Ok(cp)
     }
@@ -416,6 +466,7 @@ fn spawn_kube_apiserver(
     pki: &Pki,
     etcd_client: u16,
     port: u16,
+    log_name: &str,
 ) -> Result<ManagedProcess, ControlPlaneError> {
     let p = |name: &str| pki.dir.join(name).display().to_string();
     let args = vec![
@@ -439,7 +490,7 @@ fn spawn_kube_apiserver(
         &testbin.binary("kube-apiserver"),
         &args,
         &[],
-        root.join("logs/kube-apiserver.log"),
+        root.join(format!("logs/{log_name}.log")),
     )
 }
 
@@ -501,15 +552,7 @@ fn load_capi_crds(
     paths
         .iter()
         .map(|path| {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| io_error(&format!("reading {}", path.display()), source))?;
-            let mut crd: CustomResourceDefinition =
-                serde_yaml::from_str(&text).map_err(|source| {
-                    ControlPlaneError::ManifestInvalid {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
+            let mut crd = load_crd(path)?;
             // The bases lack the contract labels CAPI's kustomization adds to the kubeadm
             // providers' CRDs; without them the core manager cannot resolve the version of a
             // KubeadmControlPlane or KubeadmConfigTemplate and never adopts them.
@@ -521,6 +564,15 @@ fn load_capi_crds(
             Ok(crd)
         })
         .collect()
+}
+
+fn load_crd(path: &Path) -> Result<CustomResourceDefinition, ControlPlaneError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| io_error(&format!("reading {}", path.display()), source))?;
+    serde_yaml::from_str(&text).map_err(|source| ControlPlaneError::ManifestInvalid {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Creates the CRDs concurrently, then waits until every one is Established (served).
@@ -563,6 +615,7 @@ async fn install_crds(
 }
 
 /// Certificate and key files kube-apiserver reads, plus what the kubeconfig embeds.
+#[derive(Clone)]
 struct Pki {
     dir: PathBuf,
     ca_pem: String,

@@ -23,7 +23,7 @@ pub async fn enroll_lab(
 ) -> Result<Vec<String>, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let ca: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": LAB_CA_SECRET},
+        "metadata": {"name": LAB_CA_SECRET, "labels": {beskar7_api::MOVE_LABEL: ""}},
         "stringData": {"ca.crt": lab.ca_pem},
     }))
     .expect("valid Secret");
@@ -51,7 +51,8 @@ pub async fn enroll(
     labels: &[(&str, &str)],
 ) -> Result<PhysicalHost, kube::Error> {
     let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": format!("{name}-bmc")},
+        // Referenced by name only, so labelled for `clusterctl move` as our docs tell operators.
+        "metadata": {"name": format!("{name}-bmc"), "labels": {beskar7_api::MOVE_LABEL: ""}},
         "stringData": {"username": s.username, "password": s.password},
     }))
     .expect("valid Secret");
@@ -111,6 +112,16 @@ pub fn build_test_iso(dir: &Path, grub_path: &str) -> std::io::Result<Vec<u8>> {
         ));
     }
     std::fs::read(out)
+}
+
+/// Writes `head` (e.g. an ISO from [`build_test_iso`]) at the start of `path` and extends the file
+/// to `size` bytes with a hole: an image of any size that takes `head.len()` bytes on disk.
+pub fn write_sparse_image(path: &Path, head: &[u8], size: u64) -> std::io::Result<()> {
+    std::fs::write(path, head)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(size.max(head.len() as u64))
 }
 
 /// Extracts one file of an ISO with xorriso (an independent reader of what we serve).

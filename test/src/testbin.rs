@@ -100,6 +100,7 @@ impl Testbin {
         };
         let mut required: Vec<PathBuf> = BINARIES.iter().map(|b| testbin.binary(b)).collect();
         required.push(testbin.dir.join("manifests.done"));
+        required.push(testbin.clusterctl_inventory_crd());
         if let Some(missing) = required.into_iter().find(|p| !p.exists()) {
             return Err(ControlPlaneError::TestbinMissing { missing });
         }
@@ -121,6 +122,11 @@ impl Testbin {
             .join("capi")
             .join(provider)
             .join("webhook/manifests.yaml")
+    }
+
+    /// clusterctl's `Provider` (inventory) CRD.
+    pub fn clusterctl_inventory_crd(&self) -> PathBuf {
+        self.dir.join("capi/clusterctl/clusterctl-api.yaml")
     }
 
     pub fn path(&self) -> &Path {

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use beskar7_api::{
-    BmcDetails, BootMode, ConsumerRef, HardwareDetails, HostState, Nic, PhysicalHost,
-    PhysicalHostStatus, Provisioning, ProvisioningMode, VirtualMediaSlotInfo, provider_id,
+    BOOT_ISSUED_ANNOTATION, BmcDetails, BootMode, ConsumerRef, HardwareDetails, HostState, Nic,
+    PhysicalHost, PhysicalHostStatus, PowerRequest, Provisioning, ProvisioningMode,
+    VirtualMediaSlotInfo, provider_id,
 };
 use beskar7_boot as boot;
 use beskar7_redfish as redfish;
@@ -40,14 +41,38 @@ fn key(host: &PhysicalHost) -> String {
     )
 }
 
-/// Identity of one claim: a new claim of the same host gets new artifact URLs.
+/// Identity of one claim: a new claim of the same host gets new artifact URLs. Namespace and
+/// name, not uid: `clusterctl move` recreates the consumer with a new uid and the same claim.
 fn consumer_key(host: &PhysicalHost, c: &ConsumerRef) -> String {
     let ns = c
         .namespace
         .clone()
         .or_else(|| host.namespace())
         .unwrap_or_default();
-    format!("{ns}/{}/{}", c.name, c.uid.as_deref().unwrap_or(""))
+    format!("{ns}/{}", c.name)
+}
+
+fn boot_issued_annotation(host: &PhysicalHost) -> Option<&str> {
+    host.annotations()
+        .get(BOOT_ISSUED_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Records (or clears) the issued boot in the annotation that survives `clusterctl move`.
+async fn record_boot_issued(host: &PhysicalHost, ctx: &Context, claim: Option<&str>) -> Result<()> {
+    if boot_issued_annotation(host) == claim {
+        return Ok(());
+    }
+    let api: Api<PhysicalHost> =
+        Api::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"annotations": {BOOT_ISSUED_ANNOTATION: claim}}});
+    api.patch(
+        &host.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn reconcile(host: Arc<PhysicalHost>, ctx: Arc<Context>) -> Result<Action> {
@@ -171,6 +196,11 @@ async fn reconcile_inner(
     if status.state.is_none() {
         status.state = Some(HostState::Enrolling);
     }
+    if status.boot_issued_for.is_none() {
+        // Status lost (the host was moved to another cluster, or restored from a backup): the
+        // annotation still says which claim's boot was issued, so it is not issued again.
+        status.boot_issued_for = boot_issued_annotation(host).map(str::to_string);
+    }
 
     // Read: credentials, the BMC's view of the system.
     let target = bmc_target(&ctx.client, host).await?;
@@ -247,7 +277,7 @@ async fn release_if_needed(
         }
         ctx.artifacts.revoke(&key(host));
         if status.observed_power_state.as_deref() != Some("Off") {
-            bmc.set_power(d, redfish::PowerAction::ForceOff).await?;
+            request_power(ctx, bmc, d, status, redfish::PowerAction::ForceOff).await?;
         }
         for slot in &d.slots {
             if slot.skipped {
@@ -271,6 +301,7 @@ async fn release_if_needed(
             );
             return Ok(Action::requeue(ctx.settings.host_poll));
         }
+        record_boot_issued(host, ctx, None).await?;
         status.boot_issued_for = None;
     }
     status.state = Some(HostState::Available);
@@ -333,7 +364,7 @@ async fn provision(
                 Ok(Action::requeue(ctx.settings.host_refresh))
             }
             Some("Off") => {
-                bmc.set_power(d, redfish::PowerAction::On).await?;
+                request_power(ctx, bmc, d, status, redfish::PowerAction::On).await?;
                 Ok(Action::requeue(ctx.settings.host_poll))
             }
             _ => Ok(Action::requeue(ctx.settings.host_poll)),
@@ -342,7 +373,7 @@ async fn provision(
 
     // Apply: start from a powered-off server so the one power-on below is the only boot.
     if status.observed_power_state.as_deref() != Some("Off") {
-        bmc.set_power(d, redfish::PowerAction::ForceOff).await?;
+        request_power(ctx, bmc, d, status, redfish::PowerAction::ForceOff).await?;
         let now = bmc.power_state(d).await?;
         status.observed_power_state = now.clone();
         if now.as_deref() != Some("Off") {
@@ -404,6 +435,7 @@ async fn provision(
     bmc.set_boot_once_cd(d, Some(mode)).await?;
 
     // Record the intent before the power-on: a restart from here on waits instead of cycling.
+    record_boot_issued(host, ctx, Some(&claim)).await?;
     status.boot_issued_for = Some(claim);
     status.state = Some(HostState::Provisioning);
     conditions::set(
@@ -415,8 +447,35 @@ async fn provision(
         generation,
     );
     patch_status(host, ctx, status).await?;
-    bmc.set_power(d, redfish::PowerAction::On).await?;
+    request_power(ctx, bmc, d, status, redfish::PowerAction::On).await?;
     Ok(Action::requeue(ctx.settings.host_poll))
+}
+
+/// Asks the BMC for a power change unless the same one was asked within `power_grace`: BMCs
+/// take seconds to carry it out (and report the old state meanwhile), and some refuse or restart
+/// the transition when asked again. The request is kept in status, so a restart respects it too.
+async fn request_power(
+    ctx: &Context,
+    bmc: &redfish::Client,
+    d: &redfish::Discovery,
+    status: &mut PhysicalHostStatus,
+    action: redfish::PowerAction,
+) -> Result<()> {
+    let name = format!("{action:?}");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let recent = status.last_power_request.as_ref().is_some_and(|r| {
+        r.action == name
+            && now.duration_since(r.requested_at.0).unsigned_abs() < ctx.settings.power_grace
+    });
+    if recent {
+        return Ok(());
+    }
+    bmc.set_power(d, action).await?;
+    status.last_power_request = Some(PowerRequest {
+        action: name,
+        requested_at: Time(now),
+    });
+    Ok(())
 }
 
 /// URLs the BMC is given for one claim.

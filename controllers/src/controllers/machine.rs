@@ -215,7 +215,7 @@ async fn reconcile_normal(
     // Apply: find our host, or claim one.
     let hosts: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &ns);
     let host = match find_claimed_host(m, &hosts).await? {
-        Some(h) => h,
+        Some(h) => adopt_claim(m, h, &hosts).await?,
         None => match claim_host(m, &machine, bootstrap_secret.as_deref(), &hosts).await? {
             Some(h) => {
                 info!(machine = %key(m), host = %h.name_any(), "claimed host");
@@ -341,10 +341,29 @@ async fn reconcile_normal(
     }
 }
 
+/// By name and kind, not uid: after `clusterctl move` the machine has a new uid and still owns
+/// its claim (the host keeps the old uid in `consumerRef` until `adopt_claim` updates it).
 fn is_ours(m: &Beskar7Machine, c: &ConsumerRef) -> bool {
-    c.name == m.name_any()
-        && c.kind.as_deref().is_none_or(|k| k == "Beskar7Machine")
-        && (c.uid.is_none() || c.uid == m.metadata.uid)
+    c.name == m.name_any() && c.kind.as_deref().is_none_or(|k| k == "Beskar7Machine")
+}
+
+/// Points a claim whose `consumerRef.uid` is stale (the machine was moved or restored) at this
+/// machine; the claim itself is unchanged, so the host does not provision again.
+async fn adopt_claim(
+    m: &Beskar7Machine,
+    mut host: PhysicalHost,
+    hosts: &Api<PhysicalHost>,
+) -> Result<PhysicalHost> {
+    let name = host.name_any();
+    let Some(c) = host.spec.consumer_ref.as_mut() else {
+        return Ok(host);
+    };
+    if c.uid.is_none() || c.uid == m.metadata.uid {
+        return Ok(host);
+    }
+    info!(machine = %key(m), host = %name, "adopting a claim made under an earlier uid of this machine");
+    c.uid = m.metadata.uid.clone();
+    Ok(hosts.replace(&name, &PostParams::default(), &host).await?)
 }
 
 /// The host this machine already claimed, found from the hosts themselves (so a claim made
@@ -461,6 +480,15 @@ async fn delete(
     status: &mut Beskar7MachineStatus,
 ) -> Result<Action> {
     if !has_finalizer(m) {
+        return Ok(Action::await_change());
+    }
+    if m.annotations()
+        .contains_key(capi::DELETE_FOR_MOVE_ANNOTATION)
+    {
+        // The source copy of a `clusterctl move`: the claim and the running server belong to the
+        // copy in the target cluster now. Releasing here would power it off under the target.
+        info!(machine = %key(m), "deleted for clusterctl move: the host keeps its claim");
+        set_finalizer(m, ctx, false).await?;
         return Ok(Action::await_change());
     }
     let ns = m.namespace().unwrap_or_default();

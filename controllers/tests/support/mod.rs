@@ -169,3 +169,125 @@ pub fn spawn_progress_dump(
         }
     })
 }
+
+/// A kubeadm cluster as a user writes it: Cluster `name`, Beskar7Cluster with the endpoint at
+/// `127.0.0.1:endpoint_port`, KubeadmControlPlane (`cp_replicas`) and MachineDeployment
+/// (`md_replicas`) whose kubelets take the providerID from the config volume's meta-data.
+pub async fn create_kubeadm_cluster(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    image_url: &str,
+    endpoint_port: u16,
+    cp_replicas: u32,
+    md_replicas: u32,
+) {
+    const INFRA: &str = "infrastructure.cluster.x-k8s.io";
+    const CAPI: &str = "cluster.x-k8s.io";
+    let (cp, md) = (format!("{name}-cp"), format!("{name}-md"));
+    let machine_spec = serde_json::json!({"osFamily": "kairos", "imageURL": image_url, "provisioningMode": "BootstrapData"});
+    let provider_id_arg = serde_json::json!({"nodeRegistration": {"kubeletExtraArgs": [{"name": "provider-id", "value": "{{ ds.meta_data.provider_id }}"}]}});
+    for (kind, group, version, body) in [
+        (
+            "Beskar7Cluster",
+            INFRA,
+            "v1alpha1",
+            serde_json::json!({"metadata": {"name": name}, "spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": endpoint_port}}}),
+        ),
+        (
+            "Beskar7MachineTemplate",
+            INFRA,
+            "v1alpha1",
+            serde_json::json!({"metadata": {"name": cp}, "spec": {"template": {"spec": machine_spec}}}),
+        ),
+        (
+            "Beskar7MachineTemplate",
+            INFRA,
+            "v1alpha1",
+            serde_json::json!({"metadata": {"name": md}, "spec": {"template": {"spec": machine_spec}}}),
+        ),
+        (
+            "KubeadmControlPlane",
+            "controlplane.cluster.x-k8s.io",
+            "v1beta2",
+            serde_json::json!({
+                "metadata": {"name": cp},
+                "spec": {
+                    "replicas": cp_replicas,
+                    "version": "v1.36.3",
+                    "machineTemplate": {"spec": {"infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7MachineTemplate", "name": cp}}},
+                    "kubeadmConfigSpec": {
+                        "format": "cloud-config",
+                        "initConfiguration": provider_id_arg,
+                        "joinConfiguration": provider_id_arg,
+                    },
+                },
+            }),
+        ),
+        (
+            "KubeadmConfigTemplate",
+            "bootstrap.cluster.x-k8s.io",
+            "v1beta2",
+            serde_json::json!({
+                "metadata": {"name": md},
+                "spec": {"template": {"spec": {
+                    "format": "cloud-config",
+                    "joinConfiguration": provider_id_arg,
+                }}},
+            }),
+        ),
+        (
+            "Cluster",
+            CAPI,
+            "v1beta2",
+            serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
+                    "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": name},
+                    "controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "KubeadmControlPlane", "name": cp},
+                },
+            }),
+        ),
+        (
+            "MachineDeployment",
+            CAPI,
+            "v1beta2",
+            serde_json::json!({
+                "metadata": {"name": md},
+                "spec": {
+                    "clusterName": name,
+                    "replicas": md_replicas,
+                    "selector": {"matchLabels": {}},
+                    "template": {"spec": {
+                        "clusterName": name,
+                        "version": "v1.36.3",
+                        "bootstrap": {"configRef": {"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfigTemplate", "name": md}},
+                        "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7MachineTemplate", "name": md},
+                    }},
+                },
+            }),
+        ),
+    ] {
+        let mut body = body;
+        body["metadata"]["namespace"] = serde_json::json!(ns);
+        create_dynamic(client, ns, group, version, kind, body).await;
+    }
+}
+
+/// The cluster's Machines that are Running with a nodeRef, once there are `n` of them.
+pub async fn running_machines(client: &Client, ns: &str, n: usize) -> Option<Vec<DynamicObject>> {
+    let list = dynamic_api(client, ns, "cluster.x-k8s.io", "v1beta2", "Machine")
+        .list(&Default::default())
+        .await
+        .ok()?
+        .items;
+    let running: Vec<_> = list
+        .into_iter()
+        .filter(|m| {
+            m.data["status"]["phase"] == "Running"
+                && m.data["status"]["nodeRef"]["name"].is_string()
+        })
+        .collect();
+    (running.len() == n).then_some(running)
+}
