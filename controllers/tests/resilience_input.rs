@@ -141,6 +141,53 @@ async fn wait_condition(client: &kube::Client, manager: &Manager, e: &Expect) ->
     .await
 }
 
+/// A BMC that answers every request with `body` (`None`: an endless chunked stream), over plain
+/// HTTP on loopback. Bounded: it stops writing after 1 GiB per connection.
+async fn hostile_bmc(body: Option<Vec<u8>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    if head.len() > 1 << 16 {
+                        return;
+                    }
+                }
+                match body {
+                    Some(b) => {
+                        let h = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            b.len()
+                        );
+                        let _ = sock.write_all(h.as_bytes()).await;
+                        let _ = sock.write_all(&b).await;
+                    }
+                    None => {
+                        let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").await;
+                        let chunk = format!("{:x}\r\n{}\r\n", 1 << 16, "x".repeat(1 << 16));
+                        for _ in 0..(1 << 14) {
+                            if sock.write_all(chunk.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
@@ -477,6 +524,28 @@ async fn malformed_input_is_refused_or_a_clear_condition() {
         .await
         .unwrap_or_else(|m| panic!("{name} refused: {m}"));
     }
+    // BMCs that answer with a stream without end, and with JSON nested 100k levels deep.
+    let endless = hostile_bmc(None).await;
+    let deep: Vec<u8> = std::iter::repeat_n(&b"{\"a\":"[..], 100_000)
+        .flatten()
+        .copied()
+        .chain(*b"1")
+        .chain(std::iter::repeat_n(b'}', 100_000))
+        .collect();
+    let nested = hostile_bmc(Some(deep)).await;
+    for (name, address) in [("endless-bmc", &endless), ("nested-json-bmc", &nested)] {
+        try_create(
+            &client,
+            "PhysicalHost",
+            host_body(
+                name,
+                serde_json::json!({"address": address, "credentialsSecretRef": "good-bmc-bmc"}),
+                serde_json::json!({}),
+            ),
+        )
+        .await
+        .unwrap_or_else(|m| panic!("{name} refused: {m}"));
+    }
     // A host with no scheme in its address: https is assumed, and it works.
     try_create(
         &client,
@@ -552,7 +621,19 @@ async fn malformed_input_is_refused_or_a_clear_condition() {
             says: "default/no-such-ca",
         },
     ];
-    for e in &expectations {
+    let hostile = [
+        Expect {
+            host: "endless-bmc",
+            reasons: &["RedfishResponseTooLarge"],
+            says: "exceeds the limit of 16777216 bytes",
+        },
+        Expect {
+            host: "nested-json-bmc",
+            reasons: &["RedfishProtocolError"],
+            says: "recursion limit exceeded",
+        },
+    ];
+    for e in expectations.iter().chain(&hostile) {
         let c = wait_condition(&client, &manager, e).await;
         println!("{}: {c}", e.host);
         let st = host_get(&client, e.host).await.unwrap().status.unwrap();
@@ -812,9 +893,11 @@ async fn malformed_input_is_refused_or_a_clear_condition() {
     println!("BENCH resilience_input_manager_rss_before {rss_before} KiB");
     println!("BENCH resilience_input_manager_rss_after {rss} KiB");
     println!("BENCH resilience_input_manager_rss_peak {hwm} KiB");
-    // A 1 MiB password (and its Secret watched in the cache) must not balloon the manager.
+    // A 1 MiB password (and its Secret watched in the cache) and a BMC's endless body must not
+    // balloon the manager.
     assert!(hwm > 0, "read the manager's memory");
-    assert!(hwm < 512 * 1024, "manager peak RSS {hwm} KiB");
+    // The endless BMC alone would take the manager past this without the body cap.
+    assert!(hwm < 256 * 1024, "manager peak RSS {hwm} KiB");
     let log = manager.log_text();
     assert!(
         !log.contains(&s0.password),
