@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build test test-boot test-unit testbin debs crds verify-crds lint fmt clippy clean demo fuzz
+.PHONY: all build test test-boot test-unit testbin debs crds verify-crds lint fmt clippy clean demo fuzz bench
 
 all: build
 
@@ -38,6 +38,19 @@ test-unit:
 demo: debs testbin
 	$(CARGO) build --bin beskar7 --bin beskar7-demo
 	target/debug/beskar7-demo --binary target/debug/beskar7 $(ARGS)
+
+## bench: the figures of DESIGN.md section 8, one `BENCH <name> <value> <unit>` line each, repeated
+## as a summary at the end (full output in target/bench.log). Benches of the boot crate and of
+## the controllers crate (every bench target, release profile); a failing bench does not stop the others.
+bench: testbin
+	hack/ensure-debs.sh bench
+	$(CARGO) build --release --bin beskar7
+	@mkdir -p target; set -o pipefail; \
+	{ status=0; \
+	  $(CARGO) bench -p beskar7-boot --bench patched_read || status=1; \
+	  $(CARGO) bench -p beskar7-controllers --no-fail-fast --bench '*' || status=1; \
+	  exit $$status; } 2>&1 | tee target/bench.log; status=$$?; \
+	echo "== BENCH summary ($$(date -u +%F), $$(nproc) cores)"; grep '^BENCH ' target/bench.log; exit $$status
 
 crds:
 	$(CARGO) run --quiet --bin beskar7 -- crds --out-dir config/crd/bases

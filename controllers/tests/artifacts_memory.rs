@@ -20,14 +20,8 @@ async fn memory_flat_while_streaming_a_sparse_1gib_image() {
     let src_dir = TempDir::new("big");
     let iso = test_iso();
     let path = src_dir.path().join("big.iso");
-    std::fs::write(&path, &iso).unwrap();
     // a sparse 1 GiB image: the ISO at the start, zeros after it
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(SIZE)
-        .unwrap();
+    beskar7_test::fixtures::write_sparse_image(&path, &iso, SIZE).unwrap();
     let source = SourceServer::start(src_dir.path().to_path_buf()).await;
     let art = Artifacts::start(2 << 30).await;
     let set = ArtifactSet {
