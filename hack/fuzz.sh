@@ -18,7 +18,7 @@ FUZZ_TIME=${FUZZ_TIME:-30}
 TOOLCHAIN=${FUZZ_TOOLCHAIN:-nightly}
 MOCKUPS=${REDFISH_MOCKUPS:-$ROOT/../shared/redfish-mockups}
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(redfish_models iso_reader boot_config)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(redfish_models iso_reader boot_config os_render)
 
 die() { echo "fuzz: $*" >&2; exit 1; }
 
@@ -82,6 +82,12 @@ seed() {
 	boot_config)
 		printf 'beskar7.provider_id=x ds=nocloud\nset timeout=1\nmenuentry "x" {\n  linux /vmlinuz quiet\n  linuxefi /vmlinuz\n}\n' >"$out/grub"
 		printf "a='b c' d\\\\\"e\nlabel l\n  APPEND initrd=/i quiet\n  kernel /k\n" >"$out/isolinux"
+		;;
+	os_render)
+		printf '#cloud-config\nruncmd:\n  - echo hi\nusers:\n  - name: k\n' >"$out/cloud-config"
+		printf '## template: jinja\n#cloud-config\nhostname: {{ ds.meta_data.local_hostname }}\n' >"$out/jinja"
+		printf '{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/x","contents":{"source":"data:,x"}}]}}' >"$out/ignition"
+		printf 'version: v1alpha1\nmachine:\n  type: controlplane\n  token: x\ncluster:\n  id: y\n' >"$out/talos"
 		;;
 	esac
 }

@@ -293,7 +293,14 @@ fn kairos_user_data(data: &[u8], meta: &MetaData) -> Result<Vec<u8>, ProfileErro
     install.entry("auto".into()).or_insert(true.into());
     install.entry("device".into()).or_insert("auto".into());
     install.entry("reboot".into()).or_insert(true.into());
-    let body = serde_yaml::to_string(&value).expect("YAML value serialises");
+    // A mapping used as a key (`{ {a: 1}: x }`, `? [a]: b`) parses but does not serialise back.
+    let body = serde_yaml::to_string(&value).map_err(|e| ProfileError::Invalid {
+        os: OsFamily::Kairos,
+        what: "cloud-config",
+        err: format!(
+            "the document cannot be written back as YAML (a mapping or list used as a key?): {e}"
+        ),
+    })?;
     Ok(format!("#cloud-config\n{body}").into_bytes())
 }
 
@@ -569,6 +576,30 @@ mod tests {
             local_hostname: "m1".into(),
             provider_id: "beskar7://ns/host1".into(),
             extra: Default::default(),
+        }
+    }
+
+    /// Found by the `os_render` fuzz target: a complex key parsed, then panicked on writing back.
+    #[test]
+    fn kairos_cloud_config_with_a_mapping_as_key_is_an_error_not_a_panic() {
+        for doc in [
+            "## template: jinja\n#cloud-config\nhostname: { {.dsmeta_data.local_hostname }}\n",
+            "#cloud-config\nwrite_files: { {a: 1}: c }\n",
+        ] {
+            let e = OsFamily::Kairos
+                .render(doc.as_bytes(), BootstrapFormat::CloudConfig, &meta())
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ProfileError::Invalid {
+                        what: "cloud-config",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("cannot be written back"), "{e}");
         }
     }
 
