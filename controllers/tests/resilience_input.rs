@@ -656,13 +656,16 @@ async fn malformed_input_is_refused_or_a_clear_condition() {
     // The good host (server-00) is provisioned next to them.
     let binary: Vec<u8> = (0..=255u8).rev().cycle().take(4096).collect();
     let good_bootstrap = b"#cloud-config\nruncmd:\n  - echo hello\n".to_vec();
-    let bootstrap_secrets: [(&str, &[u8], Option<&str>); 6] = [
+    // Parses as YAML but cannot be written back (a mapping as a key): once a panic in the manager.
+    let complex_key = b"#cloud-config\nwrite_files: { {a: 1}: c }\n".to_vec();
+    let bootstrap_secrets: [(&str, &[u8], Option<&str>); 7] = [
         ("bs-good", &good_bootstrap, Some("cloud-config")),
         ("bs-binary-cloud-config", &binary, Some("cloud-config")),
         ("bs-binary-ignition", &binary, Some("ignition")),
         ("bs-unknown-format", &good_bootstrap, Some("xml")),
         ("bs-no-value", b"", None),
         ("bs-binary-format", &good_bootstrap, None),
+        ("bs-complex-key", &complex_key, Some("cloud-config")),
     ];
     for (name, value, format) in bootstrap_secrets {
         let mut data = BTreeMap::new();
@@ -833,11 +836,12 @@ async fn malformed_input_is_refused_or_a_clear_condition() {
         .await;
         println!("{h}: {c}");
     }
-    // Non-UTF-8 bootstrap data in a Secret a CAPI bootstrap provider would never write, and a
-    // Secret without `value`: same clear refusals, checked on a host released from a bad case.
+    // A Secret without `value`, a non-UTF-8 `format`, a cloud-config that parses but cannot be
+    // written back: clear refusals, one after the other on the same host.
     for (secret, says) in [
         ("bs-no-value", "has no key \"value\""),
         ("bs-binary-format", "unknown bootstrap data format"),
+        ("bs-complex-key", "cannot be written back as YAML"),
     ] {
         hosts_api
             .patch(
@@ -858,7 +862,7 @@ async fn malformed_input_is_refused_or_a_clear_condition() {
             &manager,
             &Expect {
                 host: "server-07",
-                reasons: &["BootstrapDataInvalid"],
+                reasons: &["BootstrapDataInvalid", "OSConfigurationInvalid"],
                 says,
             },
         )
