@@ -277,6 +277,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             },
         )
+        .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             timed(host::reconcile, "physicalhost"),
@@ -331,6 +332,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             },
         )
+        .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             timed(machine::reconcile, "beskar7machine"),
@@ -354,6 +356,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             watcher::Config::default(),
             move |h: PhysicalHost| same_namespace(&clusters, h.namespace()),
         )
+        .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             timed(cluster::reconcile, "beskar7cluster"),
@@ -374,6 +377,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             watcher::Config::default(),
             move |h: PhysicalHost| same_namespace(&templates, h.namespace()),
         )
+        .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             timed(template::reconcile, "beskar7machinetemplate"),
@@ -413,6 +417,43 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         l.release().await;
     }
     Ok(())
+}
+
+/// Pause of a controller's watches after a watch error: 250 ms doubling to 2 s, back to 250 ms
+/// after an event without error. kube-runtime applies this backoff to the merged stream of all
+/// of a controller's watches, so its default (doubling to 30 s) stops every watch of the
+/// controller for up to 30 s per error: after a kube-apiserver restart each watch reports its
+/// broken stream in turn, and the Beskar7Machine controller (four watches) stayed deaf for
+/// over 90 s (controllers/tests/resilience_apiserver.rs).
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(2);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
 }
 
 /// Wraps a reconcile with duration and result metrics.
