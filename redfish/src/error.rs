@@ -74,6 +74,8 @@ pub(crate) fn from_status(method: &str, path: &str, status: u16, body: &[u8]) ->
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
             text.split_whitespace().collect::<Vec<_>>().join(" ")
         });
+    // A BMC's message ends up in a condition: keep it short whatever the BMC sends.
+    let detail = truncate(detail, MAX_DETAIL_CHARS);
     let what = if detail.is_empty() {
         format!("{method} {path}: HTTP {status}")
     } else {
@@ -92,6 +94,16 @@ pub(crate) fn from_status(method: &str, path: &str, status: u16, body: &[u8]) ->
         405 | 501 => Error::NotSupported(what),
         429 | 503 => Error::BmcBusy(what),
         _ => Error::Protocol(what),
+    }
+}
+
+/// Longest BMC-provided message text carried in an error.
+const MAX_DETAIL_CHARS: usize = 512;
+
+fn truncate(s: String, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}... ({} bytes in all)", &s[..i], s.len()),
+        None => s,
     }
 }
 
@@ -153,5 +165,20 @@ mod tests {
         assert_eq!(e.reason(), "BMCBusy");
         let e = from_status("POST", "/x", 400, b"<html>oops</html>");
         assert!(e.to_string().contains("oops"), "{e}");
+        // A BMC's long message is cut.
+        let msgs: Vec<String> = (0..10_000)
+            .map(|i| format!(r#"{{"MessageId":"Base.1.0.E{i}","Message":"message number {i}"}}"#))
+            .collect();
+        let body = format!(
+            r#"{{"error":{{"code":"x","@Message.ExtendedInfo":[{}]}}}}"#,
+            msgs.join(",")
+        );
+        let e = from_status("PATCH", "/x", 400, body.as_bytes());
+        let text = e.to_string();
+        assert!(text.len() < 700, "{} bytes: {text:.200}", text.len());
+        assert!(
+            text.contains("message number 0") && text.contains("bytes in all"),
+            "{text}"
+        );
     }
 }

@@ -189,6 +189,20 @@ pub enum Outcome {
     Unchanged,
 }
 
+/// The ids of the first few members, for a message that stays short on a BMC with many systems.
+fn some_ids(members: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut ids: Vec<String> = members
+        .iter()
+        .take(SHOWN)
+        .map(|m| last_segment(m).chars().take(64).collect())
+        .collect();
+    if members.len() > SHOWN {
+        ids.push(format!("and {} more", members.len() - SHOWN));
+    }
+    ids.join(", ")
+}
+
 fn last_segment(path: &str) -> &str {
     path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
 }
@@ -316,14 +330,7 @@ impl Client {
                 .find(|m| last_segment(m).eq_ignore_ascii_case(id) || m.as_str() == id)
                 .cloned()
                 .ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "system {id:?} not among {}",
-                        members
-                            .iter()
-                            .map(|m| last_segment(m))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
+                    Error::NotFound(format!("system {id:?} not among {}", some_ids(&members)))
                 })?,
             None => match members.as_slice() {
                 [] => return Err(Error::NotFound(format!("{systems_path} has no system"))),
@@ -332,10 +339,7 @@ impl Client {
                     return Err(Error::Config(format!(
                         "the BMC manages {} systems ({}): set a system id",
                         many.len(),
-                        many.iter()
-                            .map(|m| last_segment(m))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        some_ids(many)
                     )));
                 }
             },

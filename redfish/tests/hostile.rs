@@ -20,6 +20,8 @@ const HUGE: u64 = 96 * 1024 * 1024;
 /// Never write more than this on one connection, whatever the client does.
 const WRITE_BOUND: u64 = 1024 * 1024 * 1024;
 const PASSWORD: &str = "hostile-pw-4d2c";
+/// The tests of this file run one at a time: the memory bound is checked on the process's peak RSS.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What the BMC answers to one request.
 #[derive(Clone)]
@@ -275,10 +277,11 @@ fn nested(depth: usize) -> String {
     s
 }
 
-/// The huge cases run one after the other in one test so that the peak RSS of each is its own
-/// (the other tests of this file hold kilobytes).
+/// The huge cases run one after the other, and alone (`SERIAL`), so that the peak RSS of each is
+/// its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_bodies_are_cut_at_the_limit_and_memory_stays_bounded() {
+    let _serial = SERIAL.lock().await;
     // Content-Length beyond the limit: refused from the header, before reading.
     reset_peak_rss();
     let bmc = Bmc::start(|_, p| {
@@ -335,6 +338,7 @@ async fn huge_bodies_are_cut_at_the_limit_and_memory_stays_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_limit_is_honoured_and_a_body_at_the_limit_is_read() {
+    let _serial = SERIAL.lock().await;
     let len = 4096u64;
     let bmc = Bmc::start(move |_, p| {
         (p == "/redfish/v1/Systems/1").then_some(Behaviour::HugeChunked { len })
@@ -365,6 +369,7 @@ async fn a_small_limit_is_honoured_and_a_body_at_the_limit_is_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickling_body_times_out() {
+    let _serial = SERIAL.lock().await;
     let bmc = Bmc::start(|_, p| {
         (p.trim_end_matches('/') == "/redfish/v1").then_some(Behaviour::Trickle {
             every: Duration::from_millis(100),
@@ -382,6 +387,7 @@ async fn trickling_body_times_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_json_is_a_protocol_error() {
+    let _serial = SERIAL.lock().await;
     let deep = nested(100_000);
     // As a whole resource, as an unknown (ignored) field, as a typed field, as a lenient field.
     let bodies = [
@@ -422,6 +428,7 @@ async fn deeply_nested_json_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_types_are_clear_errors_or_lenient() {
+    let _serial = SERIAL.lock().await;
     // Systems collections of the wrong shape: no usable member is "not found", not a panic.
     let shapes = [
         r#"{"Members":"nope"}"#,
@@ -472,6 +479,7 @@ async fn wrong_types_are_clear_errors_or_lenient() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_and_garbage_bodies() {
+    let _serial = SERIAL.lock().await;
     // Content-Length promises more than comes: a transport error, retried, then reported.
     let bmc = Bmc::start(|_, p| {
         (p == "/redfish/v1/Systems").then(|| Behaviour::Truncated {
@@ -524,6 +532,7 @@ async fn truncated_and_garbage_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_service_root_fails_login_clearly() {
+    let _serial = SERIAL.lock().await;
     for b in [
         Behaviour::Json(200, nested(100_000)),
         Behaviour::Json(200, "{\"Systems\":".into()),
@@ -536,4 +545,44 @@ async fn hostile_service_root_fails_login_clearly() {
         assert!(matches!(e, Error::Protocol(_)), "{e:?}");
         assert!(e.to_string().contains("service root"), "{e}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_bmc_messages_and_member_lists_give_short_errors() {
+    let _serial = SERIAL.lock().await;
+    // An error with 50k extended messages (~3 MB, under the body cap).
+    let msgs: Vec<String> = (0..50_000)
+        .map(|i| format!(r#"{{"MessageId":"Base.1.0.E{i}","Message":"message {i}"}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"error":{{"code":"Base.1.0.GeneralError","@Message.ExtendedInfo":[{}]}}}}"#,
+        msgs.join(",")
+    );
+    let bmc = Bmc::start(move |_, p| {
+        (p == "/redfish/v1/Systems").then(|| Behaviour::Json(400, body.clone()))
+    })
+    .await;
+    let e = bmc.client().discover(None).await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::Protocol(_)), "{e:?}");
+    assert!(text.contains("message 0"), "{text:.300}");
+    assert!(text.len() < 1000, "{} bytes of error", text.len());
+
+    // A Systems collection of 100k members, the wanted one not among them; and no id given.
+    let members: Vec<String> = (0..100_000)
+        .map(|i| format!(r#"{{"@odata.id":"/redfish/v1/Systems/{i}"}}"#))
+        .collect();
+    let systems = format!(r#"{{"Members":[{}]}}"#, members.join(","));
+    let bmc = Bmc::start(move |_, p| {
+        (p == "/redfish/v1/Systems").then(|| Behaviour::Json(200, systems.clone()))
+    })
+    .await;
+    let e = bmc.client().discover(Some("nope")).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+    assert!(e.to_string().contains("and 99992 more"), "{e}");
+    assert!(e.to_string().len() < 1000, "{} bytes", e.to_string().len());
+    let e = bmc.client().discover(None).await.unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    assert!(e.to_string().contains("100000 systems"), "{e}");
+    assert!(e.to_string().len() < 1000, "{} bytes", e.to_string().len());
 }
