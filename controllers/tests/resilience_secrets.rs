@@ -1,8 +1,9 @@
 //! Secrets stay secret through the whole flow: a host enrolled with the lab's known BMC password,
 //! a Machine whose bootstrap data carries a kubeadm token and a marker, provisioned and then
 //! released, with the manager logging at debug (trace for our crates). Neither the password, the
-//! token nor the marker (nor their base64 forms) appears in the manager's log, any Event of the
-//! namespace (core/v1 and events.k8s.io/v1), the status of any object, or the metrics page.
+//! token nor the marker (nor their base64 forms), nor the artifact server's URL token for the
+//! machine's config, appears in the manager's log, any Event of the namespace (core/v1 and
+//! events.k8s.io/v1), the status or metadata of any object, or the metrics page.
 //! The bootstrap data does reach the host's config volume (so the secrets really went through).
 //! The BMC lab's own log is not ours to police.
 
@@ -336,6 +337,13 @@ async fn password_token_and_bootstrap_data_never_leak() {
         }
     }
     let volume_url = volume_url.expect("a config volume inserted");
+    // The artifact token in the URL is a capability: whoever has it reads the bootstrap data.
+    let artifact_token = volume_url
+        .rsplit('/')
+        .nth(1)
+        .expect("<base>/<token>/config.*")
+        .to_string();
+    assert!(artifact_token.len() >= 32, "a token: {volume_url}");
     let volume = reqwest::get(&volume_url)
         .await
         .unwrap()
@@ -364,6 +372,7 @@ async fn password_token_and_bootstrap_data_never_leak() {
         ("bootstrap token", forms(TOKEN)),
         ("bootstrap token secret", forms("0123456789abcdef")),
         ("bootstrap marker", forms(MARKER)),
+        ("artifact URL token", vec![artifact_token.clone()]),
     ];
     let mut leaks = Vec::new();
     let mut places = 0;
