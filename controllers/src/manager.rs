@@ -73,7 +73,8 @@ pub struct ManagerArgs {
     #[arg(long, env = "BESKAR7_BMC_CONCURRENCY", default_value_t = 4)]
     pub bmc_concurrency: usize,
     /// File holding the key that derives artifact URL tokens (keep it across restarts so BMCs'
-    /// URLs stay valid). A random key is used when the flag is absent or the file is empty.
+    /// URLs stay valid). A random key is used, with a warning, when the flag is absent or the
+    /// file is missing or empty.
     #[arg(long, env = "BESKAR7_ARTIFACT_TOKEN_KEY_FILE")]
     pub artifact_token_key_file: Option<PathBuf>,
     /// Port of the admission webhook server (TLS); `0` disables it (the webhooks are then not
@@ -103,10 +104,12 @@ struct Probes {
 
 fn token_key(path: Option<&PathBuf>) -> anyhow::Result<ring::hmac::Key> {
     let configured = match path {
-        Some(p) => Some(
-            std::fs::read(p)
-                .map_err(|e| anyhow::anyhow!("artifact token key file {}: {e}", p.display()))?,
-        ),
+        // The released Deployment mounts the key Secret as optional: absent until created.
+        Some(p) => match std::fs::read(p) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => anyhow::bail!("artifact token key file {}: {e}", p.display()),
+        },
         None => None,
     };
     let bytes = match configured {
@@ -118,8 +121,7 @@ fn token_key(path: Option<&PathBuf>) -> anyhow::Result<ring::hmac::Key> {
             );
             b
         }
-        // The released Deployment mounts the key Secret, empty unless BESKAR7_ARTIFACT_TOKEN_KEY
-        // was set at `clusterctl init`: run, but say what it costs.
+        // Run, but say what it costs and how to fix it.
         _ => {
             use ring::rand::SecureRandom;
             let mut b = vec![0u8; 32];
@@ -127,9 +129,10 @@ fn token_key(path: Option<&PathBuf>) -> anyhow::Result<ring::hmac::Key> {
                 .fill(&mut b)
                 .map_err(|_| anyhow::anyhow!("OS random number generator failed"))?;
             tracing::warn!(
-                "no artifact token key (--artifact-token-key-file absent or empty; with clusterctl \
-                 set BESKAR7_ARTIFACT_TOKEN_KEY, e.g. `openssl rand -hex 32`): a random key is \
-                 used, so artifact URLs change when the manager restarts"
+                key_file = %path.map(|p| p.display().to_string()).unwrap_or_default(),
+                "no artifact token key (flag unset, or the file is missing or empty; in a cluster \
+                 create the Secret beskar7-artifact-token-key with key=$(openssl rand -hex 32)): \
+                 a random key is used, so artifact URLs change when the manager restarts"
             );
             b
         }
@@ -570,4 +573,38 @@ fn tokio_util_shutdown() -> Shutdown {
         let _ = tx.send(true);
     });
     Shutdown(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_key;
+
+    fn sign(key: &ring::hmac::Key) -> Vec<u8> {
+        ring::hmac::sign(key, b"host/claim").as_ref().to_vec()
+    }
+
+    #[test]
+    fn token_key_from_file_is_stable_and_missing_or_empty_means_random() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, b"0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(
+            sign(&token_key(Some(&file)).unwrap()),
+            sign(&token_key(Some(&file)).unwrap()),
+            "the same key file gives the same tokens across restarts"
+        );
+        let missing = dir.path().join("absent");
+        assert_ne!(
+            sign(&token_key(Some(&missing)).unwrap()),
+            sign(&token_key(Some(&missing)).unwrap()),
+            "an absent optional Secret means a random key per start"
+        );
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"\n").unwrap();
+        assert!(token_key(Some(&empty)).is_ok());
+        let short = dir.path().join("short");
+        std::fs::write(&short, b"too short").unwrap();
+        let err = token_key(Some(&short)).err().unwrap().to_string();
+        assert!(err.contains("fewer than 16 bytes"), "{err}");
+    }
 }

@@ -594,16 +594,35 @@ async fn infrastructure_components_apply_with_server_side_dry_run() {
         "{dns:?}"
     );
     let deployment = objects.iter().find(|o| kind(o) == "Deployment").unwrap();
-    let secret_volumes: Vec<&str> = deployment["spec"]["template"]["spec"]["volumes"]
+    let secret_volumes: Vec<(&str, bool)> = deployment["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .filter_map(|v| {
+            Some((
+                v["secret"]["secretName"].as_str()?,
+                v["secret"]["optional"] == true,
+            ))
+        })
         .collect();
     assert_eq!(
         secret_volumes,
-        vec![cert["spec"]["secretName"].as_str().unwrap()],
-        "the manager mounts the Certificate's Secret"
+        vec![
+            (cert["spec"]["secretName"].as_str().unwrap(), false),
+            // Created by the operator; the manager runs (and warns) without it.
+            ("beskar7-artifact-token-key", true),
+        ],
+        "the manager mounts the Certificate's Secret and the optional artifact token key"
+    );
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.contains(&"--artifact-token-key-file=/etc/beskar7/artifact-token/key"),
+        "{args:?}"
     );
     let webhooks = objects
         .iter()
