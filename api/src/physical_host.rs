@@ -95,7 +95,9 @@ pub struct RedfishConnection {
     /// BMC address: `https://host[:port]`, `http://host[:port]` or a bare `host[:port]` (https).
     #[schemars(
         length(min = 1, max = 512),
-        regex(pattern = r"^(https?://)?[A-Za-z0-9.\-_:\[\]]+(/[^\s]*)?$")
+        regex(
+            pattern = r"^(https?://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+)(:[0-9]{1,5})?(/[^\s\x00-\x1f]*)?$"
+        )
     )]
     pub address: String,
 
