@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 last_report = Instant::now();
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
         };
         peak_kib = peak_kib.max(peak_rss_kib(pid).unwrap_or(0));
         let api = api_requests(&client).await? - api_before - own_requests;
