@@ -7,10 +7,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use beskar7_test::{ControlPlane, Testbin, free_port};
+use beskar7_test::{ControlPlane, Testbin};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Client;
@@ -638,75 +638,6 @@ async fn infrastructure_components_apply_with_server_side_dry_run() {
     );
 }
 
-/// The manager as a process with the given kubeconfig (and nothing of the admin's), killed on drop.
-struct RbacManager {
-    child: Child,
-    log: PathBuf,
-    health: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RbacManager {
-    fn start(kubeconfig: &Path, lease_namespace: &str) -> RbacManager {
-        let dir = tempfile::tempdir().unwrap();
-        let (metrics, health, artifacts) = (free_port(), free_port(), free_port());
-        let log = dir.path().join("manager.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let key = dir.path().join("token.key");
-        std::fs::write(&key, b"beskar7-test-artifact-token-key-0123456789").unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_beskar7"))
-            .arg("manager")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args([
-                "--leader-elect=true",
-                "--leader-election-namespace",
-                lease_namespace,
-            ])
-            // The webhooks need a serving certificate; tests/webhooks.rs covers them.
-            .arg("--webhook-port=0")
-            .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
-            .args([
-                "--health-probe-bind-address",
-                &format!("127.0.0.1:{health}"),
-            ])
-            .args(["--artifact-bind-address", &format!("127.0.0.1:{artifacts}")])
-            .args([
-                "--artifact-base-url",
-                &format!("http://127.0.0.1:{artifacts}"),
-            ])
-            .arg("--artifact-cache-dir")
-            .arg(dir.path().join("cache"))
-            .arg("--artifact-token-key-file")
-            .arg(&key)
-            .env_remove("KUBECONFIG")
-            .env_remove("POD_NAMESPACE")
-            .env("RUST_LOG", "info,beskar7_controllers=debug,kube=info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("start beskar7 manager");
-        RbacManager {
-            child,
-            log,
-            health,
-            _dir: dir,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RbacManager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A kubeconfig for the control plane's server and CA with a bearer token instead of the admin
 /// client certificate.
 fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
@@ -814,9 +745,21 @@ async fn manager_runs_under_exactly_the_released_rbac() {
     let host_api = api_for(&client, &host).await.unwrap();
     apply(&host_api, &host).await;
 
-    let manager = RbacManager::start(&kubeconfig, PROVIDER_NAMESPACE);
+    // Its own kubeconfig only (nothing of the admin's); the webhooks need a serving
+    // certificate, tests/webhooks.rs covers them.
+    let manager = beskar7_test::ManagerProcess::start_with(
+        Path::new(env!("CARGO_BIN_EXE_beskar7")),
+        &kubeconfig,
+        &[
+            "--leader-elect=true",
+            "--leader-election-namespace",
+            PROVIDER_NAMESPACE,
+        ],
+        &[("RUST_LOG", "info,beskar7_controllers=debug,kube=info")],
+    )
+    .expect("start beskar7 manager");
     let http = reqwest::Client::new();
-    let readyz = format!("http://127.0.0.1:{}/readyz", manager.health);
+    let readyz = format!("{}/readyz", manager.health);
     let start = Instant::now();
     loop {
         if matches!(http.get(&readyz).send().await, Ok(r) if r.status() == 200) {

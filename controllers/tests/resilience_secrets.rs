@@ -9,8 +9,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use beskar7_api::{Beskar7Machine, HostState, PhysicalHost};
@@ -25,75 +23,8 @@ const INFRA: &str = "infrastructure.cluster.x-k8s.io";
 const TOKEN: &str = "abcdef.0123456789abcdef";
 const MARKER: &str = "beskar7-secret-marker-7f3e91";
 
-/// `beskar7 manager` as [`Manager`] starts it, but with `RUST_LOG` at debug (trace for our crates).
-struct VerboseManager {
-    child: Child,
-    log: PathBuf,
-    metrics: String,
-    _dir: tempfile::TempDir,
-}
-
-impl VerboseManager {
-    fn start(cp: &ControlPlane) -> VerboseManager {
-        let dir = tempfile::tempdir().unwrap();
-        let (metrics, health, artifacts) = (free_port(), free_port(), free_port());
-        let log = dir.path().join("manager.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let key = dir.path().join("token.key");
-        std::fs::write(&key, b"beskar7-test-artifact-token-key-0123456789").unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_beskar7"))
-            .arg("manager")
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig_path())
-            .args(["--host-refresh-seconds", "20"])
-            .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
-            .args([
-                "--health-probe-bind-address",
-                &format!("127.0.0.1:{health}"),
-            ])
-            .args(["--artifact-bind-address", &format!("127.0.0.1:{artifacts}")])
-            .args([
-                "--artifact-base-url",
-                &format!("http://127.0.0.1:{artifacts}"),
-            ])
-            .arg("--artifact-cache-dir")
-            .arg(dir.path().join("cache"))
-            .arg("--artifact-token-key-file")
-            .arg(&key)
-            .args(["--webhook-port=0", "--leader-elect=false"])
-            .env(
-                "RUST_LOG",
-                "debug,beskar7=trace,beskar7_controllers=trace,beskar7_redfish=trace,beskar7_boot=trace",
-            )
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("start beskar7 manager");
-        VerboseManager {
-            child,
-            log,
-            metrics: format!("http://127.0.0.1:{metrics}"),
-            _dir: dir,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        // Lossy: a secret in the log is found whatever bytes surround it.
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-}
-
-impl Drop for VerboseManager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits for `f`, printing the manager log's tail on timeout.
-async fn wait<T, F, Fut>(what: &str, secs: u64, m: &VerboseManager, mut f: F) -> T
+async fn wait<T, F, Fut>(what: &str, secs: u64, m: &Manager, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -238,7 +169,16 @@ async fn password_token_and_bootstrap_data_never_leak() {
     let sys = lab.systems[0].clone();
     assert!(sys.password.len() >= 12, "a distinctive password");
 
-    let manager = VerboseManager::start(&cp);
+    let manager = Manager::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_beskar7")),
+        cp.kubeconfig_path(),
+        &[],
+        &[(
+            "RUST_LOG",
+            "debug,beskar7=trace,beskar7_controllers=trace,beskar7_redfish=trace,beskar7_boot=trace",
+        )],
+    )
+    .expect("start beskar7 manager");
     let hosts = enroll_lab(&client, NS, &lab, &[("role", "secret-test")]).await;
     let host = hosts[0].clone();
     let hosts_api: Api<PhysicalHost> = Api::namespaced(client.clone(), NS);

@@ -32,6 +32,18 @@ impl ManagerProcess {
         cp: &ControlPlane,
         extra: &[&str],
     ) -> std::io::Result<ManagerProcess> {
+        Self::start_with(binary, cp.kubeconfig_path(), extra, &[])
+    }
+
+    /// Like [`ManagerProcess::start`] with another kubeconfig (e.g. a ServiceAccount token's)
+    /// and environment overrides (e.g. a more verbose `RUST_LOG`). The runner's `KUBECONFIG`
+    /// and `POD_NAMESPACE` never reach the manager.
+    pub fn start_with(
+        binary: &Path,
+        kubeconfig: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<ManagerProcess> {
         let dir = tempfile::tempdir()?;
         let (metrics, health, artifacts) = (free_port(), free_port(), free_port());
         let log = dir.path().join("manager.log");
@@ -41,7 +53,7 @@ impl ManagerProcess {
         let mut cmd = Command::new(binary);
         cmd.arg("manager")
             .arg("--kubeconfig")
-            .arg(cp.kubeconfig_path())
+            .arg(kubeconfig)
             .args(["--host-refresh-seconds", "20"])
             .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
             .args([
@@ -65,8 +77,11 @@ impl ManagerProcess {
             cmd.arg("--leader-elect=false");
         }
         cmd.args(extra)
+            .env_remove("KUBECONFIG")
+            .env_remove("POD_NAMESPACE")
             .env("RUST_LOG", "info,beskar7_controllers=debug,kube=warn")
             .env("RUST_BACKTRACE", "0")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -81,8 +96,9 @@ impl ManagerProcess {
         })
     }
 
+    /// The log so far (lossy: whatever bytes a line holds, its text is searchable).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
