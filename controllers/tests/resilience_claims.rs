@@ -1,6 +1,6 @@
 //! No double claim under contention and restarts (issue #9): 60 Beskar7Machines for 40 hosts,
 //! two managers reconciling at once (leader election off), each killed and restarted at random
-//! (seeded: the seed is printed, `BESKAR7_SEED` repeats a run). Throughout and at the end: no
+//! (seeded: the seed is printed, `BESKAR7_SEED` repeats the restart schedule). Throughout and at the end: no
 //! machine holds two hosts, no host boots twice or boots another machine's image; at the end
 //! exactly 40 are claimed and provisioned and the other 20 wait for a host.
 //!
@@ -136,7 +136,7 @@ async fn two_managers_restarted_at_random_never_double_claim() {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         });
-    eprintln!("resilience_claims: seed {seed} (BESKAR7_SEED={seed} repeats this run)");
+    eprintln!("resilience_claims: seed {seed} (BESKAR7_SEED={seed} repeats its restart schedule)");
     let mut rng = Rng(seed);
 
     let cp = ControlPlane::start().await.expect("control plane");
