@@ -1,8 +1,8 @@
 //! No double claim under contention and restarts (issue #9): 60 Beskar7Machines for 40 hosts,
 //! two managers reconciling at once (leader election off), each killed and restarted at random
-//! (seeded: the seed is printed, `BESKAR7_SEED` repeats the restart schedule). Throughout and at the end: no
-//! machine holds two hosts, no host boots twice or boots another machine's image; at the end
-//! exactly 40 are claimed and provisioned and the other 20 wait for a host.
+//! (seeded: the seed is printed, `BESKAR7_SEED` repeats the restart schedule). Throughout and
+//! at the end: no machine holds two hosts, no host boots twice or boots another machine's image;
+//! at the end exactly 40 are claimed and provisioned and the other 20 wait for a host.
 //!
 //! BMCs are the in-process fake (`beskar7_test::fake_bmc`), CAPI's objects are written directly
 //! (no CAPI managers): the subject is the claim protocol, not the BMC or CAPI.
