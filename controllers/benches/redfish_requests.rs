@@ -43,7 +43,6 @@ use kube::api::{Api, DeleteParams, PostParams};
 use support::*;
 
 const NS: &str = "default";
-const INFRA: &str = "infrastructure.cluster.x-k8s.io";
 const CAPI: &str = "cluster.x-k8s.io";
 
 async fn host_state(client: &kube::Client, name: &str) -> Option<HostState> {
@@ -182,24 +181,7 @@ async fn run() -> anyhow::Result<()> {
     .await;
     let enrol = proxy.requests().len();
 
-    create_dynamic(
-        &client,
-        NS,
-        INFRA,
-        "v1alpha1",
-        "Beskar7Cluster",
-        serde_json::json!({
-            "metadata": {"name": "bench", "namespace": NS},
-            "spec": {"controlPlaneEndpoint": {"host": "10.0.0.100", "port": 6443}},
-        }),
-    )
-    .await;
-    create_dynamic(&client, NS, CAPI, "v1beta2", "Cluster", serde_json::json!({
-        "metadata": {"name": "bench", "namespace": NS},
-        "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
-                 "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "bench"}},
-    }))
-    .await;
+    create_cluster(&client, NS, "bench").await;
     Api::<Secret>::namespaced(client.clone(), NS)
         .create(
             &PostParams::default(),
@@ -211,17 +193,8 @@ async fn run() -> anyhow::Result<()> {
         .await?;
 
     proxy.clear_log();
-    create_dynamic(&client, NS, INFRA, "v1alpha1", "Beskar7Machine", serde_json::json!({
-        "metadata": {"name": "m1", "namespace": NS},
-        "spec": {"osFamily": "kairos", "imageURL": image_url, "provisioningMode": "BootstrapData"},
-    }))
-    .await;
-    create_dynamic(&client, NS, CAPI, "v1beta2", "Machine", serde_json::json!({
-        "metadata": {"name": "m1", "namespace": NS},
-        "spec": {"clusterName": "bench", "bootstrap": {"dataSecretName": "m1-bootstrap"},
-                 "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Machine", "name": "m1"}},
-    }))
-    .await;
+    let spec = serde_json::json!({"osFamily": "kairos", "imageURL": image_url, "provisioningMode": "BootstrapData"});
+    create_machine(&client, NS, "bench", "m1", spec, "m1-bootstrap").await;
     let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);
     eventually(
         "m1 provisioned",

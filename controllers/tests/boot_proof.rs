@@ -22,6 +22,8 @@
 //!
 //! Each boot's wall time is printed (`--nocapture` shows it).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -31,10 +33,10 @@ use beskar7_test::boot_bridge::{self, BridgedBoot};
 use beskar7_test::vm::{self, BootKit, BootOutput, Firmware, IsoLayout, Medium, VmSpec};
 use beskar7_test::{BmcLab, ControlPlane, LabSystem, ManagerProcess as Manager};
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{Api, PostParams};
+use support::{create_cluster, create_machine};
 
 const NS: &str = "default";
-const INFRA: &str = "infrastructure.cluster.x-k8s.io";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn kit() -> BootKit {
@@ -68,8 +70,8 @@ fn report(case: &str, out: &BootOutput) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Objects as a user writes them (the patterns of tests/provisioning.rs); the manager process is
-// beskar7_test::ManagerProcess.
+// Waiting and enrolment (the Cluster and Machines come from support, shared with
+// tests/provisioning.rs); the manager process is beskar7_test::ManagerProcess.
 
 /// Polls `f` until it returns `Some`, or panics with `what` and the manager's log.
 async fn eventually<T, F, Fut>(what: &str, timeout: Duration, manager: &Manager, mut f: F) -> T
@@ -90,25 +92,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-async fn create_dynamic(
-    client: &Client,
-    group: &str,
-    version: &str,
-    kind: &str,
-    body: serde_json::Value,
-) {
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-    let mut obj: DynamicObject = serde_json::from_value(body).unwrap();
-    obj.types = Some(kube::core::TypeMeta {
-        api_version: ar.api_version.clone(),
-        kind: ar.kind.clone(),
-    });
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &ar);
-    api.create(&PostParams::default(), &obj)
-        .await
-        .unwrap_or_else(|e| panic!("creating {kind}: {e}"));
 }
 
 /// A CA Secret, then a credentials Secret and a PhysicalHost per lab system (`server-NN`).
@@ -466,31 +449,7 @@ async fn provider_media_boot_in_vms() {
         .await;
     }
 
-    create_dynamic(
-        &client,
-        INFRA,
-        "v1alpha1",
-        "Beskar7Cluster",
-        serde_json::json!({
-            "metadata": {"name": "proof", "namespace": NS},
-            "spec": {"controlPlaneEndpoint": {"host": "10.0.0.100", "port": 6443}},
-        }),
-    )
-    .await;
-    create_dynamic(
-        &client,
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "Cluster",
-        serde_json::json!({
-            "metadata": {"name": "proof", "namespace": NS},
-            "spec": {
-                "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
-                "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "proof"},
-            },
-        }),
-    )
-    .await;
+    create_cluster(&client, NS, "proof").await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
     for c in &cases {
         let secret = format!("{}-bootstrap", c.machine);
@@ -514,23 +473,7 @@ async fn provider_media_boot_in_vms() {
         if let Some(u) = c.config_url {
             spec["configURL"] = serde_json::json!(u);
         }
-        create_dynamic(
-            &client,
-            INFRA,
-            "v1alpha1",
-            "Beskar7Machine",
-            serde_json::json!({"metadata": {"name": c.machine, "namespace": NS}, "spec": spec}),
-        )
-        .await;
-        create_dynamic(&client, "cluster.x-k8s.io", "v1beta2", "Machine", serde_json::json!({
-            "metadata": {"name": c.machine, "namespace": NS},
-            "spec": {
-                "clusterName": "proof",
-                "bootstrap": {"dataSecretName": secret},
-                "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Machine", "name": c.machine},
-            },
-        }))
-        .await;
+        create_machine(&client, NS, "proof", c.machine, spec, &secret).await;
     }
 
     let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);

@@ -13,28 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use support::*;
 
 const NS: &str = "default";
-const INFRA: &str = "infrastructure.cluster.x-k8s.io";
 const CAPI: &str = "cluster.x-k8s.io";
-
-async fn create_machine(client: &kube::Client, name: &str, image_url: &str) {
-    create_dynamic(
-        client,
-        NS,
-        INFRA,
-        "v1alpha1",
-        "Beskar7Machine",
-        serde_json::json!({
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"osFamily": "talos", "imageURL": image_url, "provisioningMode": "PreBakedISO"},
-        }),
-    )
-    .await;
-    create_dynamic(client, NS, CAPI, "v1beta2", "Machine", serde_json::json!({
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"clusterName": "race", "bootstrap": {"dataSecretName": "unused"}, "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Machine", "name": name}},
-    }))
-    .await;
-}
 
 /// Every host's consumer; panics if two hosts name the same machine.
 async fn consumers(client: &kube::Client) -> BTreeMap<String, String> {
@@ -97,16 +76,12 @@ async fn more_machines_than_hosts_wait_and_pause_stops_changes() {
         )
         .await;
     }
-    create_dynamic(&client, NS, INFRA, "v1alpha1", "Beskar7Cluster", serde_json::json!({"metadata": {"name": "race", "namespace": NS}, "spec": {"controlPlaneEndpoint": {"host": "10.0.0.1", "port": 6443}}})).await;
-    create_dynamic(&client, NS, CAPI, "v1beta2", "Cluster", serde_json::json!({
-        "metadata": {"name": "race", "namespace": NS},
-        "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}}, "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "race"}},
-    }))
-    .await;
+    create_cluster(&client, NS, "race").await;
 
     // Three machines for two hosts.
     for name in ["m-a", "m-b", "m-c"] {
-        create_machine(&client, name, &image_url).await;
+        let spec = serde_json::json!({"osFamily": "talos", "imageURL": image_url, "provisioningMode": "PreBakedISO"});
+        create_machine(&client, NS, "race", name, spec, "unused").await;
     }
     let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);
     let waiting = eventually(

@@ -15,7 +15,6 @@ use kube::api::{Api, DeleteParams, PostParams};
 use support::*;
 
 const NS: &str = "default";
-const INFRA: &str = "infrastructure.cluster.x-k8s.io";
 
 fn lab_client(s: &LabSystem, ca: &str) -> redfish::Client {
     let mut config = redfish::ClientConfig::new(
@@ -128,33 +127,7 @@ async fn machines_get_hosts_booted_with_their_config_and_give_them_back() {
     );
 
     // A cluster as a user writes it.
-    create_dynamic(
-        &client,
-        NS,
-        INFRA,
-        "v1alpha1",
-        "Beskar7Cluster",
-        serde_json::json!({
-            "metadata": {"name": "lab", "namespace": NS},
-            "spec": {"controlPlaneEndpoint": {"host": "10.0.0.100", "port": 6443}},
-        }),
-    )
-    .await;
-    create_dynamic(
-        &client,
-        NS,
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "Cluster",
-        serde_json::json!({
-            "metadata": {"name": "lab", "namespace": NS},
-            "spec": {
-                "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
-                "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "lab"},
-            },
-        }),
-    )
-    .await;
+    create_cluster(&client, NS, "lab").await;
 
     // Machine 1: CAPI bootstrap data rendered for Kairos onto a config volume.
     let bootstrap_marker = "beskar7-e2e-bootstrap-marker";
@@ -175,23 +148,7 @@ async fn machines_get_hosts_booted_with_their_config_and_give_them_back() {
         spec.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        create_dynamic(
-            &client,
-            NS,
-            INFRA,
-            "v1alpha1",
-            "Beskar7Machine",
-            serde_json::json!({"metadata": {"name": name, "namespace": NS}, "spec": spec}),
-        )
-        .await;
-        create_dynamic(&client, NS, "cluster.x-k8s.io", "v1beta2", "Machine", serde_json::json!({
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "clusterName": "lab",
-                "bootstrap": {"dataSecretName": "m1-bootstrap"},
-                "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Machine", "name": name},
-            },
-        })).await;
+        create_machine(&client, NS, "lab", name, spec, "m1-bootstrap").await;
     }
 
     let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);

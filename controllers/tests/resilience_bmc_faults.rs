@@ -23,8 +23,6 @@ use kube::api::{Api, ListParams};
 use support::*;
 
 const NS: &str = "default";
-const INFRA: &str = "infrastructure.cluster.x-k8s.io";
-const CAPI: &str = "cluster.x-k8s.io";
 const KINDS: [&str; 5] = ["burst", "reset", "busy", "stall", "expiry"];
 /// Seconds in `Retry-After` of the `busy` host.
 const RETRY_AFTER: u64 = 5;
@@ -119,38 +117,11 @@ async fn bmc_faults_are_explained_retried_with_backoff_and_provisioning_complete
     let image_url = lab
         .add_image("talos.iso", b"PreBakedISO: inserted as it is")
         .unwrap();
-    create_dynamic(
-        &client,
-        NS,
-        INFRA,
-        "v1alpha1",
-        "Beskar7Cluster",
-        serde_json::json!({
-            "metadata": {"name": "faults", "namespace": NS},
-            "spec": {"controlPlaneEndpoint": {"host": "10.0.0.1", "port": 6443}},
-        }),
-    )
-    .await;
-    create_dynamic(&client, NS, CAPI, "v1beta2", "Cluster", serde_json::json!({
-        "metadata": {"name": "faults", "namespace": NS},
-        "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
-                 "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "faults"}},
-    }))
-    .await;
+    create_cluster(&client, NS, "faults").await;
     for kind in KINDS {
-        let name = format!("m-{kind}");
-        create_dynamic(&client, NS, INFRA, "v1alpha1", "Beskar7Machine", serde_json::json!({
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"osFamily": "talos", "imageURL": image_url, "provisioningMode": "PreBakedISO",
-                     "hostSelector": {"matchLabels": {"fault": kind}}},
-        }))
-        .await;
-        create_dynamic(&client, NS, CAPI, "v1beta2", "Machine", serde_json::json!({
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"clusterName": "faults", "bootstrap": {"dataSecretName": "unused"},
-                     "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Machine", "name": name}},
-        }))
-        .await;
+        let spec = serde_json::json!({"osFamily": "talos", "imageURL": image_url, "provisioningMode": "PreBakedISO",
+                     "hostSelector": {"matchLabels": {"fault": kind}}});
+        create_machine(&client, NS, "faults", &format!("m-{kind}"), spec, "unused").await;
     }
 
     // While the faults last, the conditions name them.

@@ -25,7 +25,6 @@ use kube::api::{Api, DeleteParams, ListParams};
 use support::*;
 
 const NS: &str = "default";
-const INFRA: &str = "infrastructure.cluster.x-k8s.io";
 const CAPI: &str = "cluster.x-k8s.io";
 const MACHINES: usize = 10;
 
@@ -208,44 +207,10 @@ async fn manager_killed_at_random_points_never_double_boots_or_leaves_stale_medi
     .await;
     let _dump = spawn_progress_dump(client.clone(), NS, Duration::from_secs(60));
 
-    create_dynamic(
-        &client,
-        NS,
-        INFRA,
-        "v1alpha1",
-        "Beskar7Cluster",
-        serde_json::json!({
-            "metadata": {"name": "crash", "namespace": NS},
-            "spec": {"controlPlaneEndpoint": {"host": "10.0.0.1", "port": 6443}},
-        }),
-    )
-    .await;
-    create_dynamic(&client, NS, CAPI, "v1beta2", "Cluster", serde_json::json!({
-        "metadata": {"name": "crash", "namespace": NS},
-        "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
-                 "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "crash"}},
-    }))
-    .await;
+    create_cluster(&client, NS, "crash").await;
     for (i, image) in images.iter().enumerate() {
-        let name = format!("m-{i:02}");
-        create_dynamic(
-            &client,
-            NS,
-            INFRA,
-            "v1alpha1",
-            "Beskar7Machine",
-            serde_json::json!({
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {"osFamily": "talos", "imageURL": image, "provisioningMode": "PreBakedISO"},
-            }),
-        )
-        .await;
-        create_dynamic(&client, NS, CAPI, "v1beta2", "Machine", serde_json::json!({
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"clusterName": "crash", "bootstrap": {"dataSecretName": "unused"},
-                     "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Machine", "name": name}},
-        }))
-        .await;
+        let spec = serde_json::json!({"osFamily": "talos", "imageURL": image, "provisioningMode": "PreBakedISO"});
+        create_machine(&client, NS, "crash", &format!("m-{i:02}"), spec, "unused").await;
     }
 
     // Provisioning under random SIGKILLs.

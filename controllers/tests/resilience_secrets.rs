@@ -201,46 +201,12 @@ async fn password_token_and_bootstrap_data_never_leak() {
         )
         .await
         .unwrap();
-    for (kind, group, version, body) in [
-        (
-            "Beskar7Cluster",
-            INFRA,
-            "v1alpha1",
-            serde_json::json!({"metadata": {"name": "sec"}, "spec": {"controlPlaneEndpoint": {"host": "10.0.0.100", "port": 6443}}}),
-        ),
-        (
-            "Cluster",
-            "cluster.x-k8s.io",
-            "v1beta2",
-            serde_json::json!({"metadata": {"name": "sec"}, "spec": {
-                "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
-                "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": "sec"},
-            }}),
-        ),
-        (
-            "Beskar7Machine",
-            INFRA,
-            "v1alpha1",
-            serde_json::json!({"metadata": {"name": "s1"}, "spec": {
-                "osFamily": "kairos", "imageURL": image_url, "provisioningMode": "BootstrapData",
-                "hostSelector": {"matchLabels": {"role": "secret-test"}},
-            }}),
-        ),
-        (
-            "Machine",
-            "cluster.x-k8s.io",
-            "v1beta2",
-            serde_json::json!({"metadata": {"name": "s1"}, "spec": {
-                "clusterName": "sec",
-                "bootstrap": {"dataSecretName": "s1-bootstrap"},
-                "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Machine", "name": "s1"},
-            }}),
-        ),
-    ] {
-        let mut body = body;
-        body["metadata"]["namespace"] = serde_json::json!(NS);
-        create_dynamic(&client, NS, group, version, kind, body).await;
-    }
+    create_cluster(&client, NS, "sec").await;
+    let spec = serde_json::json!({
+        "osFamily": "kairos", "imageURL": image_url, "provisioningMode": "BootstrapData",
+        "hostSelector": {"matchLabels": {"role": "secret-test"}},
+    });
+    create_machine(&client, NS, "sec", "s1", spec, "s1-bootstrap").await;
 
     let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);
     wait("s1 provisioned", 240, &manager, || async {

@@ -170,6 +170,77 @@ pub fn spawn_progress_dump(
     })
 }
 
+/// A CAPI Cluster `name` on a Beskar7Cluster of the same name, as a user writes them (the
+/// endpoint 10.0.0.100:6443 is only reported; nothing needs to listen there).
+pub async fn create_cluster(client: &Client, ns: &str, name: &str) {
+    const INFRA: &str = "infrastructure.cluster.x-k8s.io";
+    create_dynamic(
+        client,
+        ns,
+        INFRA,
+        "v1alpha1",
+        "Beskar7Cluster",
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"controlPlaneEndpoint": {"host": "10.0.0.100", "port": 6443}},
+        }),
+    )
+    .await;
+    create_dynamic(
+        client,
+        ns,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Cluster",
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
+                "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Cluster", "name": name},
+            },
+        }),
+    )
+    .await;
+}
+
+/// A CAPI Machine of `cluster` on a Beskar7Machine with `spec`, both named `name`. The Machine
+/// names `bootstrap_secret` as its bootstrap data, as CAPI does once bootstrap is ready.
+pub async fn create_machine(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    name: &str,
+    spec: serde_json::Value,
+    bootstrap_secret: &str,
+) {
+    const INFRA: &str = "infrastructure.cluster.x-k8s.io";
+    create_dynamic(
+        client,
+        ns,
+        INFRA,
+        "v1alpha1",
+        "Beskar7Machine",
+        serde_json::json!({"metadata": {"name": name, "namespace": ns}, "spec": spec}),
+    )
+    .await;
+    create_dynamic(
+        client,
+        ns,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Machine",
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "clusterName": cluster,
+                "bootstrap": {"dataSecretName": bootstrap_secret},
+                "infrastructureRef": {"apiGroup": INFRA, "kind": "Beskar7Machine", "name": name},
+            },
+        }),
+    )
+    .await;
+}
+
 /// A kubeadm cluster as a user writes it: Cluster `name`, Beskar7Cluster with the endpoint at
 /// `127.0.0.1:endpoint_port`, KubeadmControlPlane (`cp_replicas`) and MachineDeployment
 /// (`md_replicas`) whose kubelets take the providerID from the config volume's meta-data.
