@@ -73,10 +73,14 @@ fn artifact_server_child(source: String) -> anyhow::Result<()> {
         };
         let urls = store.register(MACHINE, set)?;
         store.prepare(MACHINE).await?;
-        let shutdown = async {
-            // the parent closes our stdin (or dies): stop
-            let mut sink = Vec::new();
-            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+        // the parent closes our stdin (or dies): stop
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            let _ = tx.send(());
+        });
+        let shutdown = async move {
+            let _ = rx.await;
         };
         let server = tokio::spawn({
             let store = store.clone();
