@@ -43,9 +43,14 @@ cd "$ROOT/fuzz"
 # Same dependency versions as the workspace where they overlap.
 [ -f Cargo.lock ] || cp "$ROOT/Cargo.lock" Cargo.lock
 
-# Release build with debug assertions (overflow checks); no sanitizer: the code under test is
+# Debug assertions (overflow checks) on; no sanitizer: the code under test is
 # safe Rust, and a panic is what libFuzzer reports as a crash.
-FLAGS=(--sanitizer none --debug-assertions)
+# The build is kept outside the repo (like the Go test binaries), so a fresh clone on the same
+# machine does not rebuild the HTTP/TLS stack under nightly; cargo tracks what changed.
+FUZZ_TARGET_DIR=${BESKAR7_FUZZ_TARGET_DIR:-$HOME/.cache/beskar7/fuzz-target}
+# --dev: unoptimised, so a cold build (the whole HTTP/TLS stack under nightly) takes minutes
+# less; the suite fuzzes briefly, `FUZZ_PROFILE=--release` for long runs.
+FLAGS=(--sanitizer none --debug-assertions "${FUZZ_PROFILE:---dev}" --target-dir "$FUZZ_TARGET_DIR")
 mkdir -p target
 cargo "+$TOOLCHAIN" fuzz build "${FLAGS[@]}" >target/fuzz-build.log 2>&1 ||
 	{ tail -n 40 target/fuzz-build.log >&2; die "build failed (fuzz/target/fuzz-build.log)"; }

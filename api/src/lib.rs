@@ -50,6 +50,17 @@ pub const MOVE_LABEL: &str = "clusterctl.cluster.x-k8s.io/move";
 /// Unlike status, annotations survive `clusterctl move`, so a moved host resumes as Provisioned
 /// instead of booting again; the manager keeps it and `status.bootIssuedFor` equal.
 pub const BOOT_ISSUED_ANNOTATION: &str = "infrastructure.cluster.x-k8s.io/beskar7-boot-issued-for";
+/// On a PhysicalHost while a boot sequence (power off, media, boot override, power on) is under
+/// way: `<manager identity> <RFC 3339 time> <claim>`. Taken with the resourceVersion the manager
+/// read, so a stale copy of the host (a lagging cache, a second manager) cannot start a second
+/// sequence; a holder that died is replaced once its lock is 30 s old (holders renew it each pass).
+pub const PROVISIONING_LOCK_ANNOTATION: &str =
+    "infrastructure.cluster.x-k8s.io/beskar7-provisioning-lock";
+/// On a Beskar7Machine: the PhysicalHost it is claiming. Written with the machine's
+/// resourceVersion before the host's `consumerRef`, so managers reconciling the same machine at
+/// once settle on one host (the host's own optimistic update then lets one claim through), and
+/// a machine never ends up holding two hosts.
+pub const CLAIMING_ANNOTATION: &str = "infrastructure.cluster.x-k8s.io/beskar7-claiming";
 /// Provider label clusterctl uses to find a provider's components.
 pub const PROVIDER_LABEL: &str = "cluster.x-k8s.io/provider";
 /// Value of [`PROVIDER_LABEL`] for this provider.

@@ -51,6 +51,12 @@ pub struct Context {
     pub bmcs: BmcPool,
     pub reporter: Reporter,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This manager process (`<pod or host>_<pid>`): holder of host provisioning locks.
+    pub identity: String,
+    /// The PhysicalHost controller's cache, once it runs: claim candidates come from here, so a
+    /// waiting machine does not list every host from the API server on each pass (a stale
+    /// candidate only costs a conflict on the claim's optimistic update).
+    pub hosts: Arc<std::sync::OnceLock<kube::runtime::reflector::Store<beskar7_api::PhysicalHost>>>,
     /// Consecutive failures per object, for backoff only (never for state).
     pub failures: Mutex<HashMap<String, u32>>,
 }

@@ -21,7 +21,8 @@ fn now() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
 }
 
-fn identity() -> String {
+/// This manager process, as leases and host provisioning locks name it.
+pub fn identity() -> String {
     let host = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "beskar7".into());

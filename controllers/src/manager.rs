@@ -222,6 +222,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             controller: "beskar7".into(),
             instance: std::env::var("POD_NAME").ok(),
         },
+        identity: crate::leader::identity(),
+        hosts: probes.hosts.clone(),
         metrics: metrics.clone(),
         failures: Default::default(),
     });

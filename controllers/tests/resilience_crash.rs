@@ -278,9 +278,13 @@ async fn manager_killed_at_random_points_never_double_boots_or_leaves_stale_medi
         for r in log.iter().filter(|r| r.inserted_image().is_some()) {
             assert_eq!(r.inserted_image(), Some(want.as_str()), "{}", ctx());
         }
+        // A kill can land while a request is in flight: the BMC carried it out but the proxy
+        // logged no answer (status None). Such a request counts as sent; sushy's own view below
+        // says whether it took effect.
+        let sent = |r: &beskar7_test::bmc_proxy::ProxyRecord| r.succeeded() || r.status.is_none();
         assert!(
             log.iter()
-                .any(|r| r.succeeded() && r.inserted_image() == Some(want.as_str())),
+                .any(|r| sent(r) && r.inserted_image() == Some(want.as_str())),
             "the image was never inserted; {}",
             ctx()
         );
@@ -288,7 +292,7 @@ async fn manager_killed_at_random_points_never_double_boots_or_leaves_stale_medi
         // power-on follows once the BMC said On.
         let first_on = log
             .iter()
-            .position(|r| r.succeeded() && r.reset_type() == Some("On"))
+            .position(|r| sent(r) && r.reset_type() == Some("On"))
             .unwrap_or_else(|| panic!("never powered on; {}", ctx()));
         let mut seen_on = false;
         for r in &log[first_on + 1..] {

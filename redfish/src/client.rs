@@ -338,32 +338,66 @@ pub fn base_url(address: &str) -> Result<Url> {
     Ok(url)
 }
 
+/// The HTTP client for `config`'s TLS and timeout settings, shared by every BMC client with the
+/// same ones: each reqwest client carries its own TLS configuration (the system roots parsed
+/// again) and connection pool, hundreds of kilobytes apiece, which a manager of a thousand hosts
+/// would otherwise hold a thousand times. Connections are still pooled per BMC address.
+fn shared_http(config: &ClientConfig) -> Result<reqwest::Client> {
+    type Key = (u8, Vec<u8>, Duration, Duration, usize);
+    static CLIENTS: std::sync::OnceLock<StdMutex<std::collections::HashMap<Key, reqwest::Client>>> =
+        std::sync::OnceLock::new();
+    // The whole CA bundle is part of the key: two BMCs share a client only when they trust
+    // exactly the same certificates.
+    let (kind, pem) = match &config.tls {
+        Tls::Verify => (0u8, Vec::new()),
+        Tls::CaBundle(pem) => (1u8, pem.clone()),
+        Tls::Insecure => (2u8, Vec::new()),
+    };
+    let key: Key = (
+        kind,
+        pem,
+        config.connect_timeout,
+        config.request_timeout,
+        config.max_concurrency,
+    );
+    let mut clients = CLIENTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = clients.get(&key) {
+        return Ok(c.clone());
+    }
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.request_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(config.max_concurrency.max(1))
+        .user_agent(concat!("beskar7-redfish/", env!("CARGO_PKG_VERSION")));
+    match &config.tls {
+        Tls::Verify => {}
+        Tls::CaBundle(pem) => {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Config(format!("invalid CA bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::Config("CA bundle holds no certificate".into()));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        Tls::Insecure => {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+    }
+    let http = builder
+        .build()
+        .map_err(|e| Error::Config(format!("cannot build HTTP client: {e}")))?;
+    clients.insert(key, http.clone());
+    Ok(http)
+}
+
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Self> {
         let base = base_url(&config.address)?;
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(config.max_concurrency.max(1))
-            .user_agent(concat!("beskar7-redfish/", env!("CARGO_PKG_VERSION")));
-        match &config.tls {
-            Tls::Verify => {}
-            Tls::CaBundle(pem) => {
-                let certs = reqwest::Certificate::from_pem_bundle(pem)
-                    .map_err(|e| Error::Config(format!("invalid CA bundle: {e}")))?;
-                if certs.is_empty() {
-                    return Err(Error::Config("CA bundle holds no certificate".into()));
-                }
-                builder = builder.tls_certs_only(certs);
-            }
-            Tls::Insecure => {
-                builder = builder.tls_danger_accept_invalid_certs(true);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build HTTP client: {e}")))?;
+        let http = shared_http(&config)?;
         let stats = Arc::new(RequestStats::default());
         let stack = build_stack(&config, http.clone(), stats.clone());
         Ok(Self {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use beskar7_api::{
     BOOT_ISSUED_ANNOTATION, BmcDetails, BootMode, ConsumerRef, HardwareDetails, HostState, Nic,
-    PhysicalHost, PhysicalHostStatus, PowerRequest, Provisioning, ProvisioningMode,
-    VirtualMediaSlotInfo, provider_id,
+    PROVISIONING_LOCK_ANNOTATION, PhysicalHost, PhysicalHostStatus, PowerRequest, Provisioning,
+    ProvisioningMode, VirtualMediaSlotInfo, provider_id,
 };
 use beskar7_boot as boot;
 use beskar7_redfish as redfish;
@@ -58,14 +58,22 @@ fn boot_issued_annotation(host: &PhysicalHost) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Records (or clears) the issued boot in the annotation that survives `clusterctl move`.
+/// Records (or clears) the issued boot in the annotation that survives `clusterctl move`, and
+/// lets go of the provisioning lock.
 async fn record_boot_issued(host: &PhysicalHost, ctx: &Context, claim: Option<&str>) -> Result<()> {
-    if boot_issued_annotation(host) == claim {
+    if boot_issued_annotation(host) == claim
+        && !host
+            .annotations()
+            .contains_key(PROVISIONING_LOCK_ANNOTATION)
+    {
         return Ok(());
     }
     let api: Api<PhysicalHost> =
         Api::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": {BOOT_ISSUED_ANNOTATION: claim}}});
+    let patch = json!({"metadata": {"annotations": {
+        BOOT_ISSUED_ANNOTATION: claim,
+        PROVISIONING_LOCK_ANNOTATION: null,
+    }}});
     api.patch(
         &host.name_any(),
         &PatchParams::default(),
@@ -371,7 +379,12 @@ async fn provision(
         };
     }
 
-    // Apply: start from a powered-off server so the one power-on below is the only boot.
+    // Apply. The steps below change the server, so they run only on a fresh copy of the host
+    // and by one manager at a time.
+    if !take_provisioning_lock(host, ctx, &claim).await? {
+        return Ok(Action::requeue(ctx.settings.host_poll));
+    }
+    // Start from a powered-off server so the one power-on below is the only boot.
     if status.observed_power_state.as_deref() != Some("Off") {
         request_power(ctx, bmc, d, status, redfish::PowerAction::ForceOff).await?;
         let now = bmc.power_state(d).await?;
@@ -449,6 +462,64 @@ async fn provision(
     patch_status(host, ctx, status).await?;
     request_power(ctx, bmc, d, status, redfish::PowerAction::On).await?;
     Ok(Action::requeue(ctx.settings.host_poll))
+}
+
+/// How long a provisioning lock holds against other managers without being renewed. Its holder
+/// renews it on every pass (every few seconds while the sequence runs), so this only decides how
+/// soon the lock of a manager that died is taken over, like a leader-election lease.
+const PROVISIONING_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Takes (or renews) the right to run `claim`'s boot sequence on this host. The host is read
+/// from the API server, not the cache: if its boot was issued meanwhile, or another manager's
+/// lock is live, the answer is no. The lock is written with the resourceVersion just read, so of
+/// two managers racing only one gets it (the other sees a conflict and comes back).
+async fn take_provisioning_lock(host: &PhysicalHost, ctx: &Context, claim: &str) -> Result<bool> {
+    let api: Api<PhysicalHost> =
+        Api::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default());
+    let Some(fresh) = api.get_opt(&host.name_any()).await? else {
+        return Ok(false);
+    };
+    let issued = boot_issued_annotation(&fresh).or(fresh
+        .status
+        .as_ref()
+        .and_then(|s| s.boot_issued_for.as_deref()));
+    let same_claim = fresh
+        .spec
+        .consumer_ref
+        .as_ref()
+        .is_some_and(|c| consumer_key(&fresh, c) == claim);
+    if issued.is_some() || !same_claim {
+        // Our copy was stale: the next pass works from the current one.
+        return Ok(false);
+    }
+    let now = k8s_openapi::jiff::Timestamp::now();
+    if let Some(lock) = fresh.annotations().get(PROVISIONING_LOCK_ANNOTATION) {
+        let mut parts = lock.splitn(3, ' ');
+        let (holder, taken, for_claim) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+        let live = for_claim == Some(claim)
+            && taken
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .is_some_and(|t| now.duration_since(t).unsigned_abs() < PROVISIONING_LOCK_TTL);
+        if holder != ctx.identity && live {
+            return Ok(false);
+        }
+    }
+    let patch = json!({"metadata": {
+        "resourceVersion": fresh.resource_version(),
+        "annotations": {PROVISIONING_LOCK_ANNOTATION: format!("{} {now} {claim}", ctx.identity)},
+    }});
+    match api
+        .patch(
+            &host.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Asks the BMC for a power change unless the same one was asked within `power_grace`: BMCs

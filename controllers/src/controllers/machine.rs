@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use beskar7_api::common::failure_domain_of;
 use beskar7_api::{
-    Beskar7Machine, Beskar7MachineStatus, ConsumerRef, HostReference, HostState, MachineAddress,
-    MachineAddressType, MachineInitialization, PhysicalHost, Provisioning, ProvisioningMode,
-    provider_id,
+    Beskar7Machine, Beskar7MachineStatus, CLAIMING_ANNOTATION, ConsumerRef, HostReference,
+    HostState, MachineAddress, MachineAddressType, MachineInitialization, PhysicalHost,
+    Provisioning, ProvisioningMode, provider_id,
 };
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -216,7 +216,7 @@ async fn reconcile_normal(
     let hosts: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &ns);
     let host = match find_claimed_host(m, &hosts).await? {
         Some(h) => adopt_claim(m, h, &hosts).await?,
-        None => match claim_host(m, &machine, bootstrap_secret.as_deref(), &hosts).await? {
+        None => match claim_host(m, &machine, bootstrap_secret.as_deref(), &hosts, ctx).await? {
             Some(h) => {
                 info!(machine = %key(m), host = %h.name_any(), "claimed host");
                 h
@@ -414,18 +414,36 @@ pub fn host_fits(
     Ok(true)
 }
 
-/// Claims one fitting host with an optimistic update; a conflict means another machine won it,
-/// so the next candidate is tried. `None`: no host is free.
+/// Claims one fitting host: the choice is recorded on the machine (`CLAIMING_ANNOTATION`), then
+/// the host's `consumerRef` is set with an optimistic update. `None`: no host is free, or a
+/// conflict (another machine won the host, another manager is claiming for this machine), which
+/// the next pass resolves from fresh copies.
 async fn claim_host(
     m: &Beskar7Machine,
     machine: &capi::Machine,
     bootstrap_secret: Option<&str>,
     hosts: &Api<PhysicalHost>,
+    ctx: &Context,
 ) -> Result<Option<PhysicalHost>> {
+    let ns = m.namespace();
+    let known: Vec<Arc<PhysicalHost>> = match ctx.hosts.get() {
+        Some(store) if store.wait_until_ready().await.is_ok() => store
+            .state()
+            .into_iter()
+            .filter(|h| h.namespace() == ns)
+            .collect(),
+        _ => hosts
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+    };
     let mut candidates = Vec::new();
-    for h in hosts.list(&ListParams::default()).await?.items {
+    for h in known {
         if host_fits(m, machine.failure_domain.as_deref(), &h)? {
-            candidates.push(h);
+            candidates.push(Arc::unwrap_or_clone(h));
         }
     }
     // Start at a place that depends on the machine, so concurrent claimers spread out.
@@ -442,35 +460,82 @@ async fn claim_host(
             % candidates.len();
         candidates.rotate_left(start);
     }
-    for mut h in candidates {
-        h.spec.consumer_ref = Some(ConsumerRef {
-            api_version: Some(beskar7_api::API_VERSION.into()),
-            kind: Some("Beskar7Machine".into()),
-            name: m.name_any(),
-            namespace: m.namespace(),
-            uid: m.metadata.uid.clone(),
-        });
-        h.spec.provisioning = Some(Provisioning {
-            image_url: m.spec.image_url.clone(),
-            image_checksum: m.spec.image_checksum.clone(),
-            os_family: m.spec.os_family,
-            mode: m.spec.provisioning_mode,
-            config_url: m.spec.config_url.clone(),
-            bootstrap_data_secret_ref: bootstrap_secret.map(str::to_string),
-            boot_mode: m.spec.boot_mode,
-            hostname: Some(machine.name.clone()),
-        });
-        // `replace` sends the resourceVersion we read: the API server refuses it if the host changed.
-        match hosts
-            .replace(&h.name_any(), &PostParams::default(), &h)
-            .await
-        {
-            Ok(claimed) => return Ok(Some(claimed)),
-            Err(kube::Error::Api(e)) if e.code == 409 => continue,
-            Err(e) => return Err(e.into()),
+    // One host per machine, whoever reconciles it: a choice made before (by this manager or
+    // another) is the only candidate; a new one is recorded on the machine first.
+    let (chosen, machine_version) = match m.annotations().get(CLAIMING_ANNOTATION) {
+        Some(chosen) => (chosen.clone(), m.resource_version()),
+        None => {
+            let Some(first) = candidates.first() else {
+                return Ok(None);
+            };
+            let name = first.name_any();
+            match record_claiming(m, ctx, m.resource_version(), Some(&name)).await? {
+                Some(version) => (name, Some(version)),
+                // Another manager is claiming for this machine: its choice shows next pass.
+                None => return Ok(None),
+            }
         }
+    };
+    let Some(mut h) = candidates.into_iter().find(|h| h.name_any() == chosen) else {
+        // The chosen host went to another machine (or away): choose again next pass.
+        record_claiming(m, ctx, machine_version, None).await?;
+        return Ok(None);
+    };
+    h.spec.consumer_ref = Some(ConsumerRef {
+        api_version: Some(beskar7_api::API_VERSION.into()),
+        kind: Some("Beskar7Machine".into()),
+        name: m.name_any(),
+        namespace: m.namespace(),
+        uid: m.metadata.uid.clone(),
+    });
+    h.spec.provisioning = Some(Provisioning {
+        image_url: m.spec.image_url.clone(),
+        image_checksum: m.spec.image_checksum.clone(),
+        os_family: m.spec.os_family,
+        mode: m.spec.provisioning_mode,
+        config_url: m.spec.config_url.clone(),
+        bootstrap_data_secret_ref: bootstrap_secret.map(str::to_string),
+        boot_mode: m.spec.boot_mode,
+        hostname: Some(machine.name.clone()),
+    });
+    // `replace` sends the resourceVersion we read: the API server refuses it if the host changed.
+    match hosts
+        .replace(&h.name_any(), &PostParams::default(), &h)
+        .await
+    {
+        Ok(claimed) => Ok(Some(claimed)),
+        // Changed since read: a fresh copy decides next pass (ours by then, or taken).
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(None)
+}
+
+/// Sets (or clears) the machine's `CLAIMING_ANNOTATION` if the machine is still at `version`.
+/// The new resourceVersion, or `None` when someone changed the machine first.
+async fn record_claiming(
+    m: &Beskar7Machine,
+    ctx: &Context,
+    version: Option<String>,
+    host: Option<&str>,
+) -> Result<Option<String>> {
+    let api: Api<Beskar7Machine> =
+        Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {
+        "resourceVersion": version,
+        "annotations": {CLAIMING_ANNOTATION: host},
+    }});
+    match api
+        .patch(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(updated) => Ok(updated.resource_version()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Releases the host and waits until it is Available again, then lets the object go.
