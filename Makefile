@@ -1,6 +1,13 @@
 # Entry points people type. See README.md.
 CARGO ?= cargo
 SHELL := /bin/bash
+# Cargo builds into a cache outside the clone, keyed by toolchain and Cargo.lock
+# (hack/cargo-target-dir.sh), so a fresh clone reuses the compiled dependencies.
+# `make CARGO_TARGET_DIR=target ...` builds in the clone as plain cargo does.
+ifndef CARGO_TARGET_DIR
+CARGO_TARGET_DIR := $(shell hack/cargo-target-dir.sh)
+endif
+export CARGO_TARGET_DIR
 
 .PHONY: all build test test-boot test-unit testbin debs crds verify-crds lint fmt clippy clean demo fuzz bench
 
@@ -8,6 +15,7 @@ all: build
 
 build:
 	$(CARGO) build --release --bin beskar7
+	@echo "built $(CARGO_TARGET_DIR)/release/beskar7"
 
 ## debs: Debian packages the tests use (xorriso, mtools, grub, python3-venv ...)
 debs:
@@ -37,7 +45,7 @@ test-unit:
 ## `make demo ARGS=--once` exits when every machine is provisioned (non-zero with the reason otherwise).
 demo: debs testbin
 	$(CARGO) build --bin beskar7 --bin beskar7-demo
-	target/debug/beskar7-demo --binary target/debug/beskar7 $(ARGS)
+	$(CARGO_TARGET_DIR)/debug/beskar7-demo --binary $(CARGO_TARGET_DIR)/debug/beskar7 $(ARGS)
 
 ## bench: the figures of DESIGN.md section 8, one `BENCH <name> <value> <unit>` line each, repeated
 ## as a summary at the end (full output in target/bench.log). Benches of the boot crate and of
