@@ -6,6 +6,8 @@
 FROM docker.io/library/rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY . .
+# The UEFI loader the provider adds to Flatcar ISOs (boot/efi-loader) is built for this target.
+RUN rustup target add x86_64-unknown-uefi
 # Cache mounts keep the crate registry and the target dir between builds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

@@ -13,7 +13,11 @@ export CARGO_TARGET_DIR
 
 all: build
 
-build:
+## rust-targets: Rust targets besides the host's (x86_64-unknown-uefi: the UEFI loader boot/efi-loader)
+rust-targets:
+	hack/ensure-rust-targets.sh
+
+build: rust-targets
 	$(CARGO) build --release --bin beskar7
 	@echo "built $(CARGO_TARGET_DIR)/release/beskar7"
 
@@ -26,7 +30,7 @@ testbin:
 	hack/testbin.sh
 
 ## test: everything, on a fresh machine: installs what it needs, then runs all tests
-test: debs testbin fuzz
+test: debs rust-targets testbin fuzz
 	$(CARGO) test --workspace --locked
 
 ## fuzz: the fuzz targets of fuzz/ (cargo fuzz, nightly), FUZZ_TIME seconds each (default 30)
@@ -34,23 +38,23 @@ fuzz: debs
 	hack/fuzz.sh
 
 ## test-boot: the boot proof: media the provider inserts are booted in QEMU (OVMF / SeaBIOS)
-test-boot: debs testbin
+test-boot: debs rust-targets testbin
 	$(CARGO) test -p beskar7-controllers --test boot_proof
 
 ## test-unit: tests that need no control plane, BMC lab or Debian tools
-test-unit:
+test-unit: rust-targets
 	$(CARGO) test --workspace --locked --lib
 
 ## demo: local control plane + CAPI + emulated BMCs + the manager provisioning a sample cluster.
 ## `make demo ARGS=--once` exits when every machine is provisioned (non-zero with the reason otherwise).
-demo: debs testbin
+demo: debs rust-targets testbin
 	$(CARGO) build --bin beskar7 --bin beskar7-demo
 	$(CARGO_TARGET_DIR)/debug/beskar7-demo --binary $(CARGO_TARGET_DIR)/debug/beskar7 $(ARGS)
 
 ## bench: the figures of DESIGN.md section 8, one `BENCH <name> <value> <unit>` line each, repeated
 ## as a summary at the end (full output in target/bench.log). Benches of the boot crate and of
 ## the controllers crate (every bench target, release profile); a failing bench does not stop the others.
-bench: testbin
+bench: rust-targets testbin
 	hack/ensure-debs.sh bench
 	$(CARGO) build --release --bin beskar7
 	@mkdir -p target; set -o pipefail; \
@@ -60,7 +64,7 @@ bench: testbin
 	  exit $$status; } 2>&1 | tee target/bench.log; status=$$?; \
 	echo "== BENCH summary ($$(date -u +%F), $$(nproc) cores)"; grep '^BENCH ' target/bench.log; exit $$status
 
-crds:
+crds: rust-targets
 	$(CARGO) run --quiet --bin beskar7 -- crds --out-dir config/crd/bases
 
 lint: fmt clippy
@@ -68,7 +72,7 @@ lint: fmt clippy
 fmt:
 	$(CARGO) fmt --all -- --check
 
-clippy:
+clippy: rust-targets
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 clean:

@@ -7,8 +7,11 @@ PACKAGES=(
   # boot media checks: ISO / FAT readers and builders
   xorriso genisoimage mtools dosfstools util-linux
   grub-common grub-efi-amd64-bin grub-pc-bin isolinux syslinux-common
-  # boot proof (make test-boot): QEMU, OVMF (UEFI), the kernel and busybox of the test initrd
-  qemu-system-x86 ovmf linux-image-amd64 busybox-static
+  # partition tables of hybrid images (sgdisk, sfdisk) and Flatcar's isohybrid layout
+  gdisk fdisk syslinux-utils
+  # boot proof (make test-boot): QEMU, OVMF (UEFI), the kernel and busybox of the test initrd,
+  # systemd-boot and systemd-stub for Talos-like UKIs, sbsigntool for a signed (Secure Boot) one
+  qemu-system-x86 ovmf linux-image-amd64 busybox-static systemd-boot-efi sbsigntool binutils
   # BMC lab: Python venv for sushy-tools, openssl for certs
   python3-venv openssl
   # hack/testbin.sh: /usr/bin/time -v reports the peak memory of each Go build

@@ -24,6 +24,8 @@ die() { echo "fuzz: $*" >&2; exit 1; }
 
 rustup run "$TOOLCHAIN" rustc --version >/dev/null 2>&1 ||
 	die "the $TOOLCHAIN toolchain is missing (rustup toolchain install $TOOLCHAIN --profile minimal)"
+# The boot crate builds the UEFI loader for x86_64-unknown-uefi with this toolchain too.
+"$ROOT/hack/ensure-rust-targets.sh"
 
 dir=$TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION
 if [ ! -x "$dir/bin/cargo-fuzz" ]; then

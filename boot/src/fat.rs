@@ -13,7 +13,7 @@ const ROOT_ENTRIES: usize = 224;
 const MIN_SECTORS: usize = 2880;
 const MAX_CLUSTERS: usize = 4084;
 /// 2020-01-01 in FAT date format.
-const FAT_DATE: u16 = ((2020 - 1980) << 9) | (1 << 5) | 1;
+pub(crate) const FAT_DATE: u16 = ((2020 - 1980) << 9) | (1 << 5) | 1;
 
 #[derive(Default)]
 struct Dir {
@@ -28,7 +28,7 @@ fn lfn_needed(name: &str) -> bool {
 }
 
 /// The 11-byte short name when `name` is already a valid upper-case 8.3 name.
-fn short_exact(name: &str) -> Option<[u8; 11]> {
+pub(crate) fn short_exact(name: &str) -> Option<[u8; 11]> {
     let (stem, ext) = match name.rfind('.') {
         Some(i) => (&name[..i], &name[i + 1..]),
         None => (name, ""),
@@ -53,7 +53,7 @@ fn short_exact(name: &str) -> Option<[u8; 11]> {
     Some(s)
 }
 
-fn short_alias(name: &str, n: usize) -> [u8; 11] {
+pub(crate) fn short_alias(name: &str, n: usize) -> [u8; 11] {
     let clean = |s: &str| -> Vec<u8> {
         s.bytes()
             .filter(|b| *b != b' ' && *b != b'.')
@@ -84,7 +84,7 @@ fn short_alias(name: &str, n: usize) -> [u8; 11] {
     s
 }
 
-fn lfn_checksum(short: &[u8; 11]) -> u8 {
+pub(crate) fn lfn_checksum(short: &[u8; 11]) -> u8 {
     let mut sum: u8 = 0;
     for &b in short {
         sum = sum.rotate_right(1).wrapping_add(b);
@@ -92,7 +92,7 @@ fn lfn_checksum(short: &[u8; 11]) -> u8 {
     sum
 }
 
-fn short_entry(name: &[u8; 11], attr: u8, cluster: u32, size: u32) -> [u8; 32] {
+pub(crate) fn short_entry(name: &[u8; 11], attr: u8, cluster: u32, size: u32) -> [u8; 32] {
     let mut e = [0u8; 32];
     e[..11].copy_from_slice(name);
     e[11] = attr;
@@ -104,7 +104,7 @@ fn short_entry(name: &[u8; 11], attr: u8, cluster: u32, size: u32) -> [u8; 32] {
     e
 }
 
-fn lfn_entries(name: &str, short: &[u8; 11]) -> Vec<[u8; 32]> {
+pub(crate) fn lfn_entries(name: &str, short: &[u8; 11]) -> Vec<[u8; 32]> {
     let mut units: Vec<u16> = name.encode_utf16().collect();
     if !units.len().is_multiple_of(13) {
         units.push(0);
@@ -385,7 +385,7 @@ pub fn build_fat(label: &str, files: &[VolumeFile]) -> Result<Vec<u8>, VolumeErr
 }
 
 /// A stable volume serial number derived from the label (FNV-1a).
-fn volume_serial(label: &str) -> u32 {
+pub(crate) fn volume_serial(label: &str) -> u32 {
     let mut h: u32 = 0x811c9dc5;
     for b in label.bytes() {
         h ^= b as u32;

@@ -6,13 +6,21 @@
 //! - [`patch`]: appending kernel arguments to the bootloader configs of an ISO, described as the
 //!   source bytes plus replaced ranges, readable at any offset.
 
+pub(crate) mod bootcfg;
+pub mod efi_loader;
 pub mod eltorito;
 pub mod fat;
+pub mod fatfs;
 pub mod iso9660;
+pub mod isofs;
 pub mod kargs;
 pub mod os;
+pub mod partition;
 pub mod patch;
+pub mod pe;
+pub(crate) mod sdboot;
 pub mod source;
+pub(crate) mod uefi_add;
 pub mod volume;
 
 pub use kargs::{ConfigKind, append_kernel_args, split_kernel_args};
@@ -21,7 +29,10 @@ pub use os::{
     ProvisioningMode, RenderedConfig, VolumePlan, build_config_volume, plan_delivery,
     resolve_kernel_args,
 };
-pub use patch::{ConfigFound, IsoPatch, PatchError, PatchedIso, patch_iso};
+pub use patch::{
+    BootPath, ConfigFound, Firmware, IsoPatch, Loader, PatchError, PatchOptions, PatchedIso,
+    TailPiece, patch_iso, patch_iso_with,
+};
 pub use source::{ReadAt, SeekSource};
 pub use volume::{VolumeError, VolumeFile, VolumeFormat, build_volume};
 

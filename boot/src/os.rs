@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::volume::{VolumeFile, VolumeFormat};
 
+/// kiwi (`dracut/modules.d/59kiwi-dump-reboot`): pass the installer's kernel arguments to the
+/// first boot of the installed system.
+pub const LEAP_MICRO_PASS_BOOT_PARAMS: &str = "rd.kiwi.install.pass.bootparam";
+
 /// The operating systems Beskar7 knows how to configure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OsFamily {
@@ -63,10 +67,15 @@ impl OsFamily {
                 format!("ignition.config.url={url}"),
                 "flatcar.first_boot=1".into(),
             ],
-            Self::LeapMicro => match format {
-                BootstrapFormat::Ignition => vec![format!("ignition.config.url={url}")],
-                BootstrapFormat::CloudConfig => vec![format!("combustion.url={url}")],
-            },
+            // Combustion and Ignition run on the first boot of the installed system; kiwi's
+            // SelfInstall hands the installer's arguments to that boot only when asked to.
+            Self::LeapMicro => vec![
+                match format {
+                    BootstrapFormat::Ignition => format!("ignition.config.url={url}"),
+                    BootstrapFormat::CloudConfig => format!("combustion.url={url}"),
+                },
+                LEAP_MICRO_PASS_BOOT_PARAMS.into(),
+            ],
         }
     }
 
@@ -78,8 +87,9 @@ impl OsFamily {
         }
     }
 
-    /// The official ISO of this OS boots in Legacy (BIOS) mode only.
-    pub fn legacy_boot_only(self) -> bool {
+    /// The official ISO of this OS has no UEFI boot path (Flatcar: ISOLINUX only), so the
+    /// provider adds one when it serves the image for a UEFI boot.
+    pub fn iso_lacks_uefi(self) -> bool {
         self == Self::Flatcar
     }
 }
@@ -481,8 +491,8 @@ pub struct DeliveryPlan {
     pub config_volume: Option<VolumePlan>,
     /// The rendered config document is served at the machine's config URL.
     pub serve_config: bool,
-    /// The OS's ISO boots in Legacy mode only (Flatcar): the boot override must not ask for UEFI.
-    pub legacy_boot_only: bool,
+    /// The served ISO gets a UEFI boot path of the provider's (Flatcar) for a UEFI boot.
+    pub add_uefi_path: bool,
 }
 
 /// Inputs to [`plan_delivery`].
@@ -506,7 +516,7 @@ pub fn plan_delivery(input: &PlanInput<'_>) -> Result<DeliveryPlan, ProfileError
         kernel_args: Vec::new(),
         config_volume: None,
         serve_config: false,
-        legacy_boot_only: os.legacy_boot_only(),
+        add_uefi_path: os.iso_lacks_uefi() && input.mode != ProvisioningMode::PreBakedISO,
     };
     match input.mode {
         ProvisioningMode::PreBakedISO => {}
@@ -636,7 +646,10 @@ mod tests {
         );
         assert_eq!(
             OsFamily::LeapMicro.config_url_args(u, BootstrapFormat::CloudConfig),
-            vec!["combustion.url=https://a/t/config"]
+            vec![
+                "combustion.url=https://a/t/config",
+                "rd.kiwi.install.pass.bootparam"
+            ]
         );
     }
 
@@ -844,8 +857,11 @@ mod tests {
             None,
         )
         .unwrap();
+        assert!(flatcar.serve_config && flatcar.config_volume.is_none() && flatcar.add_uefi_path);
         assert!(
-            flatcar.serve_config && flatcar.config_volume.is_none() && flatcar.legacy_boot_only
+            !p(OsFamily::Flatcar, PreBakedISO, Ignition, None, None)
+                .unwrap()
+                .add_uefi_path
         );
         assert_eq!(
             resolve_kernel_args(&flatcar.kernel_args, "https://s/t/config"),
@@ -882,7 +898,7 @@ mod tests {
         let leap_url = p(OsFamily::LeapMicro, BootstrapData, Ignition, None, None).unwrap();
         assert_eq!(
             resolve_kernel_args(&leap_url.kernel_args, "u"),
-            vec!["ignition.config.url=u"]
+            vec!["ignition.config.url=u", "rd.kiwi.install.pass.bootparam"]
         );
     }
 }

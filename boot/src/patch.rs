@@ -1,39 +1,42 @@
-//! Kernel-argument patching of ISO 9660 images, described as the original bytes plus replaced ranges.
+//! Kernel-argument patching of OS ISO images, described as the original bytes plus replaced
+//! ranges plus pieces appended after the end, readable at any offset without holding the image.
 //!
-//! What is read from the source: the volume descriptors, the directory trees (primary with its
-//! Rock Ridge names, Joliet, any other supplementary tree) and the bootloader config files. Nothing
-//! else. What the patched image is: the source bytes, with
-//! - each rewritten config file placed in a new extent after the end of the source (sector aligned),
-//! - every directory record that pointed at the old extent (primary/Rock Ridge and Joliet records
-//!   share the same extent) updated with the new extent and size (Rock Ridge carries no size of
-//!   its own: its `PX`/`NM` entries live in the primary record, which is updated),
-//! - the volume space size of every primary/supplementary descriptor updated to the new end.
+//! What a patch does (facts behind each step: boot/UPSTREAM.md):
+//! 1. Reads the image's structures: every ISO 9660 descriptor set and tree ([`crate::isofs`]),
+//!    the El Torito catalog, the MBR and GPT ([`crate::partition`]), and the FAT file system of
+//!    each El Torito UEFI image ([`crate::fatfs`]), whether a file of the ISO tree or a partition
+//!    appended outside it.
+//! 2. Finds each boot path the image has (BIOS: ISOLINUX or GRUB; UEFI: GRUB, systemd-boot or
+//!    Beskar7's own loader) and the config files each really reads ([`crate::bootcfg`]).
+//! 3. Puts the arguments on every kernel line of those files: files of the ISO tree get new
+//!    extents (in unused zero blocks inside the ISO volume when there are enough, else after the
+//!    end, padded to a 32 KiB boundary plus 300 KiB as xorriso does); files inside a FAT image are
+//!    edited in place there. systemd-boot gets a loader entry ([`crate::sdboot`]).
+//! 4. Re-points every directory record of every tree at the new extents, updates volume sizes,
+//!    moves the backup GPT to the new end and extends the partitions that covered the old one.
+//! 5. Optionally adds a UEFI path to an image that has only ISOLINUX ([`crate::uefi_add`]).
 //!
-//! The old extents stay in place, unreferenced. Path tables do not change (no directory moves).
-//!
-//! El Torito EFI images: a UEFI boot of a GRUB-based ISO runs the GRUB inside the El Torito EFI
-//! image (`efi.img`). The ones built by `grub-mkrescue` (checked by a test) and by the
-//! distributions carry only `bootx64.efi` with an embedded config that searches the ISO file
-//! system (`search --fs-uuid`/`--file`) and loads `grub.cfg` from it, so they read the patched
-//! file. The GRUB file-system UUID of an ISO comes from the descriptor dates, which are not
-//! changed. Should an EFI image carry its own `grub.cfg` with kernel lines, it is patched in place
-//! inside the FAT image ([`crate::eltorito`]), or reported in [`IsoPatch::warnings`] when the
-//! longer file does not fit its clusters.
-//! An HFS+ hybrid tree (grub-mkrescue adds one for Macs) is not updated.
+//! A boot path the image has whose configs carry no kernel line is an error, never a silent
+//! success, and so is an image whose boot cannot carry new arguments (Secure Boot).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use crate::iso9660::{SECTOR, both32};
-use crate::kargs::{ConfigKind, append_kernel_args};
+use crate::bootcfg::{self, ConfigSet, ConfigVolume, Place};
+use crate::eltorito::{self, Catalog, Platform};
+use crate::fatfs::{FatEdit, FatError, FatFs};
+use crate::iso9660::both32;
+use crate::isofs::{IsoError, IsoFile, IsoFs, SECTOR_U64, normalise, read_vec};
+use crate::kargs::ConfigKind;
+use crate::partition::{PartitionError, PartitionTables};
+use crate::pe;
 use crate::source::ReadAt;
 
-const SECTOR_U64: u64 = SECTOR as u64;
-/// Upper bounds against malformed or hostile images.
-const MAX_DIR_BYTES: u64 = 64 << 20;
-const MAX_CONFIG_BYTES: u32 = 1 << 20;
-const MAX_DESCRIPTORS: u64 = 64;
+/// The image ends on this boundary when it grows (GRUB reads CDs in 32 KiB blocks) ...
+const END_ALIGN: u64 = 32 << 10;
+/// ... after at least this much padding, as xorriso pads by default.
+const END_PADDING: u64 = 300 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
@@ -41,37 +44,118 @@ pub enum PatchError {
     Io(#[from] io::Error),
     #[error("not an ISO 9660 image: {0}")]
     NotIso(String),
+    #[error("the image's partition table: {0}")]
+    Partition(#[from] PartitionError),
+    #[error("the EFI image {image}: {source}")]
+    Fat {
+        image: String,
+        #[source]
+        source: FatError,
+    },
     #[error(
-        "no bootloader configuration found in the ISO (looked for GRUB grub.cfg and ISOLINUX/SYSLINUX *.cfg)"
+        "no bootloader configuration found in the ISO (looked for GRUB grub.cfg, ISOLINUX/SYSLINUX *.cfg and systemd-boot loader entries)"
     )]
     NoBootloaderConfig,
     #[error(
-        "bootloader configuration found ({0}) but it has no kernel lines (linux, linuxefi, linux16, append)"
+        "the {path} boot path has no kernel line to carry the arguments (read {files}); the image would boot without them"
     )]
-    NoKernelLines(String),
+    NoKernelLine { path: String, files: String },
+    #[error(
+        "the {path} boot path uses a loader the patch does not know ({what}): it cannot be given kernel arguments"
+    )]
+    UnknownLoader { path: String, what: String },
+    #[error("{0}")]
+    SecureBootImage(String),
     #[error("no kernel arguments given")]
     NoArgs,
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<IsoError> for PatchError {
+    fn from(e: IsoError) -> Self {
+        match e {
+            IsoError::Io(e) => Self::Io(e),
+            IsoError::NotIso(s) => Self::NotIso(s),
+        }
+    }
+}
+
+/// The bootloader a config belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loader {
+    Grub,
+    Isolinux,
+    SystemdBoot,
+    /// Beskar7's own UEFI loader, added by [`PatchOptions::add_uefi_path`].
+    Beskar7,
+}
+
+impl From<ConfigKind> for Loader {
+    fn from(k: ConfigKind) -> Self {
+        match k {
+            ConfigKind::Grub => Self::Grub,
+            ConfigKind::Isolinux => Self::Isolinux,
+        }
+    }
+}
+
+/// Firmware of a boot path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Firmware {
+    Bios,
+    Uefi,
 }
 
 /// One bootloader config found in the image.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigFound {
     pub path: String,
-    pub kind: ConfigKind,
+    pub loader: Loader,
     pub kernel_lines: usize,
     /// True when the file was rewritten (false when every line already had the arguments).
     pub rewritten: bool,
 }
 
+/// One way the image boots, and how many kernel lines on it carry the arguments.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BootPath {
+    pub firmware: Firmware,
+    pub loader: Loader,
+    /// What the El Torito entry boots (a file of the ISO tree, or an image outside it).
+    pub image: String,
+    pub kernel_lines: usize,
+    /// The patch created this path.
+    pub added: bool,
+}
+
+/// What to do to an image.
+#[derive(Clone, Debug, Default)]
+pub struct PatchOptions {
+    pub kernel_args: Vec<String>,
+    /// Give an image whose only boot path is ISOLINUX (Flatcar) a UEFI path with Beskar7's
+    /// loader, booting the same kernel, initrd and arguments.
+    pub add_uefi_path: bool,
+}
+
+/// Bytes of the patched image after the end of the source.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Record {
-    /// Absolute byte offset of the directory record.
-    offset: u64,
-    extent: u32,
-    size: u32,
-    is_dir: bool,
-    multi_extent: bool,
-    path: String,
+pub enum TailPiece {
+    Bytes(Vec<u8>),
+    Zeros(u64),
+    /// A range of the source image (e.g. a kernel file referenced by a new FAT image).
+    Source { offset: u64, len: u64 },
+}
+
+impl TailPiece {
+    fn len(&self) -> u64 {
+        match self {
+            Self::Bytes(b) => b.len() as u64,
+            Self::Zeros(n) => *n,
+            Self::Source { len, .. } => *len,
+        }
+    }
 }
 
 /// How the patched image differs from the source.
@@ -81,9 +165,10 @@ pub struct IsoPatch {
     len: u64,
     /// Replaced ranges inside the source, sorted and disjoint.
     replaced: Vec<(u64, Vec<u8>)>,
-    /// Bytes after the end of the source.
-    tail: Vec<u8>,
+    /// After the end of the source: (absolute offset, piece), contiguous up to `len`.
+    tail: Vec<(u64, TailPiece)>,
     configs: Vec<ConfigFound>,
+    boot_paths: Vec<BootPath>,
     warnings: Vec<String>,
 }
 
@@ -112,9 +197,27 @@ impl IsoPatch {
         &self.configs
     }
 
-    /// Problems that did not stop the patch (e.g. an EFI image's own grub.cfg that could not be rewritten).
+    /// The image's boot paths after the patch.
+    pub fn boot_paths(&self) -> &[BootPath] {
+        &self.boot_paths
+    }
+
+    /// Problems that did not stop the patch.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Bytes of the patch held in memory (replaced ranges and in-memory tail pieces).
+    pub fn memory_bytes(&self) -> usize {
+        self.replaced.iter().map(|(_, d)| d.len()).sum::<usize>()
+            + self
+                .tail
+                .iter()
+                .map(|(_, p)| match p {
+                    TailPiece::Bytes(b) => b.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
     }
 
     /// Fills `buf` with the patched image from `offset` (clamped to the end). Returns bytes read.
@@ -125,16 +228,19 @@ impl IsoPatch {
         let n = buf.len().min((self.len - offset) as usize);
         let buf = &mut buf[..n];
         let end = offset + n as u64;
-        // source part
         if offset < self.source_len {
             let src_end = end.min(self.source_len);
             let part = &mut buf[..(src_end - offset) as usize];
             src.read_exact_at(offset, part)?;
-            for (roff, data) in &self.replaced {
-                let rend = roff + data.len() as u64;
-                if rend <= offset || *roff >= src_end {
-                    continue;
+            // the first replaced range that could overlap
+            let first = self
+                .replaced
+                .partition_point(|(o, d)| o + d.len() as u64 <= offset);
+            for (roff, data) in &self.replaced[first..] {
+                if *roff >= src_end {
+                    break;
                 }
+                let rend = roff + data.len() as u64;
                 let s = offset.max(*roff);
                 let e = src_end.min(rend);
                 part[(s - offset) as usize..(e - offset) as usize]
@@ -142,10 +248,23 @@ impl IsoPatch {
             }
         }
         if end > self.source_len {
-            let s = offset.max(self.source_len);
-            buf[(s - offset) as usize..].copy_from_slice(
-                &self.tail[(s - self.source_len) as usize..(end - self.source_len) as usize],
-            );
+            let mut pos = offset.max(self.source_len);
+            let mut i = self.tail.partition_point(|(o, p)| o + p.len() <= pos);
+            while pos < end && i < self.tail.len() {
+                let (poff, piece) = &self.tail[i];
+                let pend = (poff + piece.len()).min(end);
+                let dst = &mut buf[(pos - offset) as usize..(pend - offset) as usize];
+                let at = pos - poff;
+                match piece {
+                    TailPiece::Bytes(b) => {
+                        dst.copy_from_slice(&b[at as usize..at as usize + dst.len()])
+                    }
+                    TailPiece::Zeros(_) => dst.fill(0),
+                    TailPiece::Source { offset: so, .. } => src.read_exact_at(so + at, dst)?,
+                }
+                pos = pend;
+                i += 1;
+            }
         }
         Ok(n)
     }
@@ -219,388 +338,773 @@ impl<S: ReadAt> ReadAt for PatchedIso<S> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Reading the image
+
+/// The ISO 9660 tree as a [`ConfigVolume`].
+struct IsoVolume<'a> {
+    src: &'a dyn ReadAt,
+    files: &'a BTreeMap<String, IsoFile>,
+}
+
+impl ConfigVolume for IsoVolume<'_> {
+    fn paths(&self) -> Vec<String> {
+        self.files.keys().cloned().collect()
+    }
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        let f = IsoFs::lookup(self.files, path)?;
+        if f.size as u64 > bootcfg::MAX_CONFIG_BYTES {
+            return None;
+        }
+        read_vec(self.src, f.offset, f.size as usize).ok()
+    }
+    fn resolve(&self, path: &str) -> Option<String> {
+        IsoFs::lookup(self.files, path).map(|f| f.path.clone())
+    }
+}
+
+/// A FAT EFI image as a [`ConfigVolume`].
+struct FatVolume<'a> {
+    fs: &'a FatFs,
+    src: &'a dyn ReadAt,
+}
+
+impl ConfigVolume for FatVolume<'_> {
+    fn paths(&self) -> Vec<String> {
+        self.fs
+            .entries()
+            .iter()
+            .filter(|e| !e.is_dir)
+            .map(|e| normalise(&e.path))
+            .collect()
+    }
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        self.fs
+            .read_file(self.src, path, bootcfg::MAX_CONFIG_BYTES)
+            .ok()
+    }
+    fn resolve(&self, path: &str) -> Option<String> {
+        self.fs.lookup(path).map(|e| normalise(&e.path))
+    }
+}
+
+/// What the UEFI loader of an EFI image is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TreeKind {
-    Primary,
-    Joliet,
-    Other,
+enum UefiLoader {
+    Grub,
+    SystemdBoot,
+    Beskar7,
+    Unknown,
 }
 
-struct Descriptor {
-    offset: u64,
-    kind: TreeKind,
-    root_extent: u32,
-    root_size: u32,
+/// An El Torito UEFI image.
+struct Esp {
+    name: String,
+    fs: FatFs,
+    loader: UefiLoader,
 }
 
-fn le32(b: &[u8]) -> u32 {
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+/// What the El Torito BIOS entry boots.
+#[derive(Clone, Debug)]
+struct BiosEntry {
+    image: String,
+    loader: Option<ConfigKind>,
+    /// Directory of the loader file on the ISO tree (where ISOLINUX looks first).
+    dir: Option<String>,
 }
 
-fn read_vec(src: &dyn ReadAt, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut v = vec![0u8; len];
-    src.read_exact_at(offset, &mut v)?;
-    Ok(v)
-}
-
-fn descriptors(src: &dyn ReadAt, len: u64) -> Result<(Vec<Descriptor>, Option<u64>), PatchError> {
-    let mut out = Vec::new();
-    let mut boot_record = None;
-    let mut found_primary = false;
-    for i in 0..MAX_DESCRIPTORS {
-        let off = (16 + i) * SECTOR_U64;
-        if off + SECTOR_U64 > len {
-            break;
-        }
-        let d = read_vec(src, off, SECTOR)?;
-        if &d[1..6] != b"CD001" {
-            if i == 0 {
-                return Err(PatchError::NotIso(
-                    "no CD001 volume descriptor at sector 16".into(),
-                ));
-            }
-            break;
-        }
-        let ty = d[0];
-        if ty == 255 {
-            break;
-        }
-        if ty == 0 && boot_record.is_none() {
-            boot_record = Some(off);
-        }
-        if ty != 1 && ty != 2 {
-            continue;
-        }
-        if u16::from_le_bytes([d[128], d[129]]) as usize != SECTOR {
-            return Err(PatchError::NotIso("logical block size is not 2048".into()));
-        }
-        let root = &d[156..190];
-        let kind = if ty == 1 {
-            found_primary = true;
-            TreeKind::Primary
-        } else if d[6] == 1 && d[88] == b'%' && d[89] == b'/' && matches!(d[90], b'@' | b'C' | b'E')
-        {
-            TreeKind::Joliet
-        } else {
-            TreeKind::Other
-        };
-        out.push(Descriptor {
-            offset: off,
-            kind,
-            root_extent: le32(&root[2..6]),
-            root_size: le32(&root[10..14]),
-        });
-    }
-    if !found_primary {
-        return Err(PatchError::NotIso("no primary volume descriptor".into()));
-    }
-    Ok((out, boot_record))
-}
-
-/// Parses SUSP entries of a record's system-use area, following `CE` continuations, and returns
-/// (Rock Ridge name if any, whether an `SP` entry was seen).
-fn susp_name(src: &dyn ReadAt, su: &[u8]) -> io::Result<(Option<String>, bool)> {
-    let mut name: Option<Vec<u8>> = None;
-    let mut sp = false;
-    let mut area = su.to_vec();
-    let mut hops = 0;
-    loop {
-        let mut next: Option<(u64, usize)> = None;
-        let mut i = 0;
-        while i + 4 <= area.len() {
-            let len = area[i + 2] as usize;
-            if len < 4 || i + len > area.len() {
-                break;
-            }
-            let e = &area[i..i + len];
-            match &e[..2] {
-                b"SP" => sp = true,
-                b"NM" if len >= 5 => {
-                    let flags = e[4];
-                    if flags & 0x06 == 0 {
-                        name.get_or_insert_with(Vec::new).extend_from_slice(&e[5..]);
-                    }
-                }
-                b"CE" if len >= 28 => {
-                    next = Some((
-                        le32(&e[4..8]) as u64 * SECTOR_U64 + le32(&e[12..16]) as u64,
-                        le32(&e[20..24]) as usize,
-                    ));
-                }
-                b"ST" => break,
-                _ => {}
-            }
-            i += len;
-        }
-        match next {
-            Some((off, len)) if hops < 16 && len <= SECTOR => {
-                area = read_vec(src, off, len)?;
-                hops += 1;
-            }
-            _ => break,
-        }
-    }
-    Ok((name.map(|n| String::from_utf8_lossy(&n).into_owned()), sp))
-}
-
-fn decode_id(kind: TreeKind, id: &[u8]) -> String {
-    let s = if kind == TreeKind::Joliet {
-        let units: Vec<u16> = id
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect();
-        String::from_utf16_lossy(&units)
-    } else {
-        String::from_utf8_lossy(id).into_owned()
-    };
-    let s = match s.rfind(';') {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    };
-    let s = s.strip_suffix('.').map(str::to_string).unwrap_or(s);
-    if kind == TreeKind::Primary {
-        s.to_ascii_lowercase()
-    } else {
-        s
-    }
-}
-
-/// Walks one directory tree; returns every record below the root.
-fn walk_tree(
+/// `len` bytes of a FAT file from `offset` (less at its end).
+pub(crate) fn fat_read_range(
+    fs: &FatFs,
     src: &dyn ReadAt,
-    d: &Descriptor,
+    path: &str,
+    offset: u64,
     len: u64,
-    budget: &mut u64,
-) -> Result<Vec<Record>, PatchError> {
-    let mut out = Vec::new();
-    let mut rock_ridge = false;
-    let mut skip = 0usize;
-    let mut seen = HashSet::new();
-    let mut stack = vec![(d.root_extent, d.root_size, String::new())];
-    let mut first = true;
-    while let Some((extent, size, path)) = stack.pop() {
-        if !seen.insert(extent) {
-            continue;
+) -> Result<Vec<u8>, FatError> {
+    let size = fs
+        .lookup(path)
+        .ok_or_else(|| FatError::NotFound(path.to_string()))?
+        .size as u64;
+    let end = (offset + len).min(size);
+    let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+    let mut pos = 0u64;
+    for (at, n) in fs.file_ranges(path)? {
+        let (s, e) = (pos.max(offset), (pos + n).min(end));
+        if s < e {
+            out.extend_from_slice(&read_vec(src, at + (s - pos), (e - s) as usize)?);
         }
-        let start = extent as u64 * SECTOR_U64;
-        let size = (size as u64).div_ceil(SECTOR_U64) * SECTOR_U64;
-        if start + size > len || size > *budget {
-            return Err(PatchError::NotIso(format!(
-                "directory at sector {extent} lies outside the image or is too large"
-            )));
+        pos += n;
+        if pos >= end {
+            break;
         }
-        *budget -= size;
-        let data = read_vec(src, start, size as usize)?;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let rl = data[pos] as usize;
-            if rl == 0 {
-                pos = (pos / SECTOR + 1) * SECTOR;
-                continue;
-            }
-            if rl < 34 || pos + rl > data.len() {
-                return Err(PatchError::NotIso(format!(
-                    "bad directory record in sector {extent}"
-                )));
-            }
-            let r = &data[pos..pos + rl];
-            let id_len = r[32] as usize;
-            if 33 + id_len > rl {
-                return Err(PatchError::NotIso(format!(
-                    "bad directory record in sector {extent}"
-                )));
-            }
-            let id = &r[33..33 + id_len];
-            let su_start = 33 + id_len + (1 - id_len % 2);
-            let su = if su_start + skip <= rl {
-                &r[su_start + skip..]
-            } else {
-                &[][..]
-            };
-            if id_len == 1 && (id[0] == 0 || id[0] == 1) {
-                if first && id[0] == 0 && d.kind == TreeKind::Primary && su_start <= rl {
-                    let root_su = &r[su_start..];
-                    if root_su.len() >= 7
-                        && &root_su[..2] == b"SP"
-                        && root_su[4] == 0xBE
-                        && root_su[5] == 0xEF
-                    {
-                        rock_ridge = true;
-                        skip = root_su[6] as usize;
-                    }
-                }
-                pos += rl;
-                continue;
-            }
-            let flags = r[25];
-            let rr_name = if rock_ridge {
-                susp_name(src, su)?.0
-            } else {
-                None
-            };
-            let name = rr_name.unwrap_or_else(|| decode_id(d.kind, id));
-            let full = format!("{path}/{name}");
-            let rec = Record {
-                offset: start + pos as u64,
-                extent: le32(&r[2..6]),
-                size: le32(&r[10..14]),
-                is_dir: flags & 0x02 != 0,
-                multi_extent: flags & 0x80 != 0,
-                path: full.clone(),
-            };
-            if rec.is_dir {
-                stack.push((rec.extent, rec.size, full));
-            }
-            out.push(rec);
-            pos += rl;
-        }
-        first = false;
     }
     Ok(out)
 }
 
-fn classify(path: &str) -> Option<ConfigKind> {
-    let lower = path.to_ascii_lowercase();
-    let parts: Vec<&str> = lower.split('/').filter(|p| !p.is_empty()).collect();
-    let name = *parts.last()?;
-    let dirs = &parts[..parts.len() - 1];
-    if name == "isolinux.cfg" || name == "syslinux.cfg" || name == "extlinux.conf" {
-        return Some(ConfigKind::Isolinux);
+/// The edit of EFI image `i`, started on first use.
+fn fat_edit<'m, 's>(
+    edits: &'m mut BTreeMap<usize, FatEdit<'s>>,
+    i: usize,
+    esp: &Esp,
+    src: &'s dyn ReadAt,
+) -> Result<&'m mut FatEdit<'s>, PatchError> {
+    if !edits.contains_key(&i) {
+        let e = FatEdit::new(&esp.fs, src).map_err(|source| PatchError::Fat {
+            image: esp.name.clone(),
+            source,
+        })?;
+        edits.insert(i, e);
     }
-    if !name.ends_with(".cfg") {
-        return None;
-    }
-    if dirs
-        .last()
-        .is_some_and(|d| *d == "isolinux" || *d == "syslinux" || *d == "extlinux")
-    {
-        return Some(ConfigKind::Isolinux);
-    }
-    if name == "grub.cfg"
-        || name == "loopback.cfg"
-        || dirs.iter().any(|d| *d == "grub" || *d == "grub2")
-    {
-        return Some(ConfigKind::Grub);
-    }
-    None
+    Ok(edits.get_mut(&i).expect("inserted above"))
 }
 
-/// Computes the patch that appends `args` to every kernel line of the ISO's bootloader configs.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn classify_bios(
+    src: &dyn ReadAt,
+    len: u64,
+    files: &BTreeMap<String, IsoFile>,
+    lba: u32,
+) -> io::Result<BiosEntry> {
+    let off = lba as u64 * SECTOR_U64;
+    let file = IsoFs::file_at(files, off);
+    let head = read_vec(src, off, (64 << 10).min(len.saturating_sub(off)) as usize)?;
+    let name = file.map(|f| f.path.to_ascii_lowercase()).unwrap_or_default();
+    let loader = if name.ends_with("isolinux.bin") || contains(&head, b"ISOLINUX") {
+        Some(ConfigKind::Isolinux)
+    } else if name.contains("grub") || name.ends_with("eltorito.img") || contains(&head, b"GRUB")
+    {
+        Some(ConfigKind::Grub)
+    } else {
+        None
+    };
+    Ok(BiosEntry {
+        image: file
+            .map(|f| f.path.clone())
+            .unwrap_or_else(|| format!("image at block {lba}")),
+        loader,
+        dir: file.map(|f| crate::kargs::parent_dir(&f.path)),
+    })
+}
+
+fn classify_uefi(fs: &FatFs, src: &dyn ReadAt) -> UefiLoader {
+    if fs.lookup(crate::efi_loader::CONFIG_PATH).is_some() {
+        return UefiLoader::Beskar7;
+    }
+    let boot = fat_read_range(fs, src, "EFI/BOOT/BOOTX64.EFI", 0, pe::HEADER_BYTES as u64);
+    if let Ok(head) = &boot
+        && let Ok(img) = pe::parse(head)
+        && let Some(s) = img.section(".sdmagic")
+        && let Ok(m) = fat_read_range(
+            fs,
+            src,
+            "EFI/BOOT/BOOTX64.EFI",
+            s.raw_offset as u64,
+            s.data_len().min(256) as u64,
+        )
+        && pe::section_text(&m).contains("systemd-boot")
+    {
+        return UefiLoader::SystemdBoot;
+    }
+    let has = |p: &str| fs.lookup(p).is_some();
+    let grub_cfg = fs
+        .entries()
+        .iter()
+        .any(|e| e.path.to_ascii_lowercase().ends_with("/grub.cfg"));
+    let grub_binary = has("EFI/BOOT/grubx64.efi")
+        || has("EFI/BOOT/grub.efi")
+        || boot
+            .as_ref()
+            .is_ok_and(|h| contains(h, b"GRUB") || contains(h, b"grub"));
+    if grub_cfg || grub_binary {
+        UefiLoader::Grub
+    } else {
+        UefiLoader::Unknown
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The patch
+
+/// Computes the patch that appends `args` to every kernel line of the ISO's boot paths.
 pub fn patch_iso(src: &dyn ReadAt, args: &[String]) -> Result<IsoPatch, PatchError> {
+    patch_iso_with(
+        src,
+        &PatchOptions {
+            kernel_args: args.to_vec(),
+            add_uefi_path: false,
+        },
+    )
+}
+
+/// Everything that changes, collected before the bytes are laid out.
+#[derive(Default)]
+struct Changes {
+    /// Replaced ranges inside the source (may overlap: later ones win).
+    replaced: BTreeMap<u64, Vec<u8>>,
+    /// Pieces after the end of the source, by absolute offset.
+    tail: BTreeMap<u64, TailPiece>,
+}
+
+impl Changes {
+    fn replace(&mut self, offset: u64, data: Vec<u8>) {
+        self.replaced.insert(offset, data);
+    }
+}
+
+/// Computes the patch described by `opts`.
+pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch, PatchError> {
+    let args = &opts.kernel_args;
     if args.is_empty() || args.iter().any(|a| a.trim().is_empty()) {
         return Err(PatchError::NoArgs);
     }
     let len = src.size()?;
-    let (descs, boot_record) = descriptors(src, len)?;
-    let mut budget = MAX_DIR_BYTES;
-    let mut records: Vec<(TreeKind, Record)> = Vec::new();
-    for d in &descs {
-        for r in walk_tree(src, d, len, &mut budget)? {
-            records.push((d.kind, r));
+    let tables = PartitionTables::read(src, len)?;
+    let starts: Vec<u64> = tables
+        .partitions()
+        .iter()
+        .map(|p| p.byte_range().start)
+        .collect();
+    let iso = IsoFs::read(src, len, &starts)?;
+    let files = iso.files();
+    let catalog = eltorito::read_catalog(src, len, iso.sets[0].boot_record)?;
+    let iso_vol = IsoVolume { src, files: &files };
+
+    // Boot paths.
+    let mut bios = Vec::new();
+    let mut esps: Vec<Esp> = Vec::new();
+    for e in catalog.iter().flat_map(|c| &c.entries) {
+        match e.platform {
+            Platform::Bios => bios.push(classify_bios(src, len, &files, e.lba)?),
+            Platform::Efi => {
+                let base = e.lba as u64 * SECTOR_U64;
+                if base >= len || esps.iter().any(|x| x.fs.extent().0 == base) {
+                    continue;
+                }
+                let name = match IsoFs::file_at(&files, base) {
+                    Some(f) => f.path.clone(),
+                    None => describe_hidden_image(&tables, base, e.lba),
+                };
+                let fs = FatFs::open(src, base, len - base).map_err(|source| PatchError::Fat {
+                    image: name.clone(),
+                    source,
+                })?;
+                let loader = classify_uefi(&fs, src);
+                esps.push(Esp { name, fs, loader });
+            }
+            Platform::Other(_) => {}
         }
     }
-    // candidate config files by extent, named from the best tree (Rock Ridge/primary, then Joliet)
-    let mut candidates: BTreeMap<u32, (String, ConfigKind, u32)> = BTreeMap::new();
-    for kind in [TreeKind::Primary, TreeKind::Joliet, TreeKind::Other] {
-        for (k, r) in &records {
-            if *k != kind || r.is_dir || r.multi_extent || r.size > MAX_CONFIG_BYTES {
-                continue;
+    if bios.is_empty() && esps.is_empty() {
+        // No El Torito boot at all (a data ISO, or a loader booted some other way): patch
+        // whatever configs the tree has, as before.
+        bios.push(BiosEntry {
+            image: "no El Torito entry".into(),
+            loader: None,
+            dir: None,
+        });
+    }
+    let esp_names: Vec<String> = esps.iter().map(|e| e.name.clone()).collect();
+
+    // The configs each loader reads.
+    let isolinux_dir = bios
+        .iter()
+        .find(|b| b.loader == Some(ConfigKind::Isolinux))
+        .and_then(|b| b.dir.clone());
+    let wants_isolinux = bios
+        .iter()
+        .any(|b| b.loader != Some(ConfigKind::Grub));
+    let isolinux = if wants_isolinux {
+        bootcfg::isolinux_configs(&iso_vol, isolinux_dir.as_deref())
+    } else {
+        ConfigSet::default()
+    };
+    let fat_vols: Vec<FatVolume> = esps
+        .iter()
+        .map(|e| FatVolume { fs: &e.fs, src })
+        .collect();
+    let grub_esps: Vec<(usize, &dyn ConfigVolume)> = esps
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.loader == UefiLoader::Grub)
+        .map(|(i, _)| (i, &fat_vols[i] as &dyn ConfigVolume))
+        .collect();
+    let grub = bootcfg::grub_configs(&iso_vol, &grub_esps);
+
+    let mut changes = Changes::default();
+    let mut configs = Vec::new();
+    let mut warnings = Vec::new();
+    let mut iso_rewrites: Vec<(IsoFile, Vec<u8>)> = Vec::new();
+    let mut fat_edits: BTreeMap<usize, FatEdit> = BTreeMap::new();
+    // kernel lines per (loader, place-kind): ISO GRUB lines count for every GRUB path.
+    let mut lines_iso_grub = 0;
+    let mut lines_isolinux = 0;
+    let mut lines_esp_grub: BTreeMap<usize, usize> = BTreeMap::new();
+
+    for (set, kind) in [(&isolinux, ConfigKind::Isolinux), (&grub, ConfigKind::Grub)] {
+        for u in &set.unresolved {
+            warnings.push(format!(
+                "{kind:?} config refers to {u}, which the patch could not follow"
+            ));
+        }
+        for (place, p) in set.rewrite(args) {
+            match (&place, kind) {
+                (Place::Iso(_), ConfigKind::Isolinux) => lines_isolinux += p.kernel_lines,
+                (Place::Iso(_), ConfigKind::Grub) => lines_iso_grub += p.kernel_lines,
+                (Place::Esp(i, _), _) => *lines_esp_grub.entry(*i).or_default() += p.kernel_lines,
             }
-            if let Some(ck) = classify(&r.path) {
-                candidates
-                    .entry(r.extent)
-                    .or_insert((r.path.clone(), ck, r.size));
+            let rewritten = p.changed_lines > 0;
+            if rewritten {
+                match &place {
+                    Place::Iso(path) => {
+                        let f = IsoFs::lookup(&files, path).expect("config came from the tree");
+                        iso_rewrites.push((f.clone(), p.data.clone()));
+                    }
+                    Place::Esp(i, path) => {
+                        let edit = fat_edit(&mut fat_edits, *i, &esps[*i], src)?;
+                        edit.write_file(path, &p.data)
+                            .map_err(|source| PatchError::Fat {
+                                image: esps[*i].name.clone(),
+                                source,
+                            })?;
+                    }
+                }
             }
+            configs.push(ConfigFound {
+                path: place.display(&esp_names),
+                loader: kind.into(),
+                kernel_lines: p.kernel_lines,
+                rewritten,
+            });
         }
     }
-    let efi = crate::eltorito::patch_efi_images(src, len, boot_record, args)?;
-    if candidates.is_empty() && efi.is_empty() {
+
+    // systemd-boot and Beskar7 loader images.
+    let mut boot_paths = Vec::new();
+    for (i, esp) in esps.iter().enumerate() {
+        let lines = match esp.loader {
+            UefiLoader::Grub => lines_esp_grub.get(&i).copied().unwrap_or(0) + lines_iso_grub,
+            UefiLoader::SystemdBoot | UefiLoader::Beskar7 => {
+                let edit = fat_edit(&mut fat_edits, i, esp, src)?;
+                let r = if esp.loader == UefiLoader::SystemdBoot {
+                    crate::sdboot::patch(&esp.fs, src, edit, args, &esp.name)?
+                } else {
+                    crate::uefi_add::repatch(&esp.fs, src, edit, args, &esp.name)?
+                };
+                configs.extend(r.configs);
+                r.kernel_lines
+            }
+            UefiLoader::Unknown => {
+                return Err(PatchError::UnknownLoader {
+                    path: format!("UEFI ({})", esp.name),
+                    what: "EFI/BOOT/BOOTX64.EFI is neither GRUB nor systemd-boot".into(),
+                });
+            }
+        };
+        boot_paths.push(BootPath {
+            firmware: Firmware::Uefi,
+            loader: match esp.loader {
+                UefiLoader::Grub => Loader::Grub,
+                UefiLoader::SystemdBoot => Loader::SystemdBoot,
+                _ => Loader::Beskar7,
+            },
+            image: esp.name.clone(),
+            kernel_lines: lines,
+            added: false,
+        });
+    }
+    for b in &bios {
+        let (loader, lines) = match b.loader {
+            Some(ConfigKind::Isolinux) => (Loader::Isolinux, lines_isolinux),
+            Some(ConfigKind::Grub) => (Loader::Grub, lines_iso_grub),
+            // No El Torito entry, or one we cannot name: whatever config the tree has.
+            None if lines_isolinux > 0 => (Loader::Isolinux, lines_isolinux),
+            None => (Loader::Grub, lines_iso_grub),
+        };
+        boot_paths.push(BootPath {
+            firmware: Firmware::Bios,
+            loader,
+            image: b.image.clone(),
+            kernel_lines: lines,
+            added: false,
+        });
+    }
+    if configs.is_empty() {
         return Err(PatchError::NoBootloaderConfig);
     }
-    let base = len.div_ceil(SECTOR_U64) * SECTOR_U64;
-    let mut tail = vec![0u8; (base - len) as usize];
-    let mut moved: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
-    let mut configs = Vec::new();
-    let mut total_kernel_lines = 0;
-    for (extent, (path, kind, size)) in &candidates {
-        let off = *extent as u64 * SECTOR_U64;
-        if off + *size as u64 > len {
-            return Err(PatchError::NotIso(format!("{path} lies outside the image")));
+    for p in &boot_paths {
+        if p.kernel_lines == 0 {
+            let read: Vec<&str> = configs
+                .iter()
+                .filter(|c| c.loader == p.loader)
+                .map(|c| c.path.as_str())
+                .collect();
+            return Err(PatchError::NoKernelLine {
+                path: format!("{:?} {:?} ({})", p.firmware, p.loader, p.image),
+                files: if read.is_empty() {
+                    "no config file".into()
+                } else {
+                    read.join(", ")
+                },
+            });
         }
-        let data = read_vec(src, off, *size as usize)?;
-        let p = append_kernel_args(*kind, &data, args);
-        total_kernel_lines += p.kernel_lines;
-        let rewritten = p.changed_lines > 0;
-        if rewritten {
-            let new_extent = (len + tail.len() as u64).div_ceil(SECTOR_U64);
-            debug_assert_eq!((base + tail.len() as u64) / SECTOR_U64, new_extent);
-            moved.insert(*extent, (new_extent as u32, p.data.len() as u32));
-            tail.extend_from_slice(&p.data);
-            let pad = (SECTOR - p.data.len() % SECTOR) % SECTOR;
-            tail.resize(tail.len() + pad, 0);
-        }
-        configs.push(ConfigFound {
-            path: path.clone(),
-            kind: *kind,
-            kernel_lines: p.kernel_lines,
-            rewritten,
-        });
     }
-    let mut warnings = Vec::new();
-    let mut efi_replaced = Vec::new();
-    for e in efi {
-        total_kernel_lines += e.kernel_lines;
-        configs.push(ConfigFound {
-            path: e.path,
-            kind: ConfigKind::Grub,
-            kernel_lines: e.kernel_lines,
-            rewritten: e.rewritten,
+
+    // A UEFI path for an ISOLINUX-only image.
+    let mut new_esp = None;
+    if opts.add_uefi_path && esps.is_empty() {
+        let label = isolinux
+            .files
+            .first()
+            .map(|_| crate::uefi_add::default_label(&isolinux, &iso_vol))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| {
+                PatchError::Unsupported(
+                    "a UEFI boot path can only be added to an image that boots Linux with ISOLINUX"
+                        .into(),
+                )
+            })?;
+        new_esp = Some(crate::uefi_add::build(&label, &files, args)?);
+    }
+
+    let fat_replaced: Vec<(u64, Vec<u8>)> = fat_edits
+        .into_values()
+        .flat_map(FatEdit::finish)
+        .collect();
+    for (o, d) in fat_replaced {
+        changes.replace(o, d);
+    }
+
+    let layout = lay_out(
+        src,
+        len,
+        &tables,
+        &iso,
+        catalog.as_ref(),
+        &iso_rewrites,
+        new_esp.as_ref(),
+        &mut changes,
+        &mut warnings,
+    )?;
+    if let Some((esp, at)) = layout.new_esp {
+        boot_paths.push(BootPath {
+            firmware: Firmware::Uefi,
+            loader: Loader::Beskar7,
+            image: format!("EFI system partition appended at block {}", at / SECTOR_U64),
+            kernel_lines: 1,
+            added: true,
         });
-        warnings.extend(e.warning);
-        efi_replaced.extend(e.replaced);
+        configs.push(ConfigFound {
+            path: format!("[appended EFI system partition]/{}", crate::efi_loader::CONFIG_PATH),
+            loader: Loader::Beskar7,
+            kernel_lines: 1,
+            rewritten: true,
+        });
+        let _ = esp;
     }
     configs.sort_by(|a, b| a.path.cmp(&b.path));
-    if total_kernel_lines == 0 {
-        let names: Vec<&str> = configs.iter().map(|c| c.path.as_str()).collect();
-        return Err(PatchError::NoKernelLines(names.join(", ")));
+    boot_paths.sort_by(|a, b| (a.firmware, a.loader).cmp(&(b.firmware, b.loader)));
+    Ok(IsoPatch {
+        source_len: len,
+        len: layout.len,
+        replaced: flatten_replaced(changes.replaced),
+        tail: fill_tail(len, layout.len, changes.tail),
+        configs,
+        boot_paths,
+        warnings,
+    })
+}
+
+fn describe_hidden_image(tables: &PartitionTables, base: u64, lba: u32) -> String {
+    match tables
+        .partitions()
+        .iter()
+        .position(|p| p.byte_range().start == base)
+    {
+        Some(i) => format!("partition {} of the image", i + 1),
+        None => format!("EFI image at block {lba}"),
     }
-    if moved.is_empty() {
-        efi_replaced.sort_by_key(|(o, _)| *o);
-        return Ok(IsoPatch {
-            source_len: len,
-            len,
-            replaced: efi_replaced,
-            tail: Vec::new(),
-            configs,
-            warnings,
-        });
+}
+
+/// Where the new bytes went.
+struct Layout {
+    len: u64,
+    /// The added EFI system partition and its absolute offset.
+    new_esp: Option<((), u64)>,
+}
+
+/// Places rewritten ISO files and an added ESP, and updates every structure that names them.
+#[allow(clippy::too_many_arguments)]
+fn lay_out(
+    src: &dyn ReadAt,
+    len: u64,
+    tables: &PartitionTables,
+    iso: &IsoFs,
+    catalog: Option<&Catalog>,
+    rewrites: &[(IsoFile, Vec<u8>)],
+    new_esp: Option<&crate::uefi_add::NewEsp>,
+    changes: &mut Changes,
+    warnings: &mut Vec<String>,
+) -> Result<Layout, PatchError> {
+    let need: u64 = rewrites
+        .iter()
+        .map(|(_, d)| (d.len() as u64).div_ceil(SECTOR_U64) * SECTOR_U64)
+        .sum();
+    let free = if new_esp.is_none() && need > 0 {
+        free_run(src, len, tables, iso, catalog, need)?
+    } else {
+        None
+    };
+    let mut moved: BTreeMap<u64, (u64, u32)> = BTreeMap::new();
+    let (mut next, in_place) = match free {
+        Some(start) => (start, true),
+        None => (len.div_ceil(SECTOR_U64) * SECTOR_U64, false),
+    };
+    for (f, data) in rewrites {
+        moved.insert(f.offset, (next, data.len() as u32));
+        let padded = (data.len() as u64).div_ceil(SECTOR_U64) * SECTOR_U64;
+        let mut block = data.clone();
+        block.resize(padded as usize, 0);
+        if in_place {
+            changes.replace(next, block);
+        } else {
+            changes.tail.insert(next, TailPiece::Bytes(block));
+        }
+        next += padded;
     }
-    let new_len = len + tail.len() as u64;
-    let new_sectors = u32::try_from(new_len / SECTOR_U64)
-        .map_err(|_| PatchError::NotIso("image too large".into()))?;
-    let mut replaced: Vec<(u64, Vec<u8>)> = Vec::new();
-    for d in &descs {
-        replaced.push((d.offset + 80, both32(new_sectors).to_vec()));
+    let mut esp_at = None;
+    if let Some(esp) = new_esp {
+        // Partitions start on a 1 MiB boundary, as partitioning tools align them.
+        let at = next.next_multiple_of(1 << 20);
+        esp.place(at, &mut changes.tail);
+        next = at + esp.len();
+        esp_at = Some(at);
     }
-    for (_, r) in &records {
+    let grows = !in_place && (need > 0 || new_esp.is_some());
+    let new_len = if grows {
+        (next + END_PADDING).next_multiple_of(END_ALIGN)
+    } else {
+        len
+    };
+
+    // Directory records of every tree of every set.
+    for r in &iso.records {
         if r.is_dir {
             continue;
         }
-        if let Some((ne, ns)) = moved.get(&r.extent) {
-            let mut v = both32(*ne).to_vec();
-            v.extend_from_slice(&both32(*ns));
-            replaced.push((r.offset + 2, v));
+        if let Some((at, size)) = moved.get(&iso.data_offset(r)) {
+            let base = iso.sets[r.set].base;
+            let rel = u32::try_from((at - base) / SECTOR_U64)
+                .map_err(|_| PatchError::NotIso("image too large".into()))?;
+            let mut v = both32(rel).to_vec();
+            v.extend_from_slice(&both32(*size));
+            changes.replace(r.offset + 2, v);
         }
     }
-    replaced.extend(efi_replaced);
-    replaced.sort_by_key(|(o, _)| *o);
-    replaced.dedup_by_key(|(o, _)| *o);
-    Ok(IsoPatch {
-        warnings,
-        source_len: len,
+
+    // Partitions: the backup GPT moves to the new end; a partition that ended at the old end
+    // (isohybrid's partition 1) grows with the image; the added ESP gets an MBR entry.
+    let mut edit = tables.edit();
+    if grows {
+        edit.resize(new_len)?;
+        for (i, p) in tables.partitions().iter().enumerate() {
+            let end = p.byte_range().end;
+            if end >= len.saturating_sub(tables.backup_gpt_bytes()) && end <= len {
+                let new_end = esp_at.unwrap_or(new_len - tables.backup_gpt_bytes());
+                if new_end > end {
+                    edit.extend_partition_to(i, new_end)?;
+                }
+            }
+        }
+    }
+    let mut partition_ends = BTreeMap::new();
+    if let (Some(esp), Some(at)) = (new_esp, esp_at) {
+        let sectors = esp.len() / 512;
+        if tables.mbr().is_some_and(|m| !m.is_protective()) || tables.is_empty() {
+            edit.add_mbr_partition(0xEF, at / 512, sectors, false)?;
+        }
+        if tables.gpt().is_some() {
+            edit.add_gpt_partition(
+                crate::partition::ESP_TYPE_GUID,
+                "EFI system partition",
+                at / 512,
+                (at + esp.len()) / 512 - 1,
+            )?;
+        }
+        let cat = catalog.ok_or_else(|| {
+            PatchError::Unsupported("the image has no El Torito catalog to add a UEFI entry to".into())
+        })?;
+        let lba = u32::try_from(at / SECTOR_U64)
+            .map_err(|_| PatchError::NotIso("image too large".into()))?;
+        let load = u16::try_from(esp.len() / 512).unwrap_or(0);
+        let bytes = cat.with_efi_entry(lba, load).ok_or_else(|| {
+            PatchError::Unsupported("the El Torito catalog has no room for a UEFI entry".into())
+        })?;
+        changes.replace(cat.offset, bytes);
+    }
+    let pc = edit.build()?;
+    for (o, d) in pc.replaced {
+        changes.replace(o, d);
+    }
+    for (o, d) in pc.tail {
+        changes.tail.insert(o, TailPiece::Bytes(d));
+    }
+    if grows {
+        for p in tables.partitions() {
+            partition_ends.insert(p.byte_range().start, p.byte_range().end);
+        }
+        // Old backup GPT header: zeroed, so nothing mistakes it for the current one.
+        if let Some(g) = tables.gpt()
+            && !g.used_backup
+            && tables.backup_gpt_bytes() > 0
+        {
+            changes.replace(len - 512, vec![0u8; 512]);
+        }
+    }
+
+    // Volume sizes: the main set covers what it covered (the whole image for xorriso); a
+    // partition-relative set stays inside its partition.
+    if grows {
+        for s in &iso.sets {
+            for d in &s.descriptors {
+                let covered = s.base + d.volume_blocks as u64 * SECTOR_U64;
+                let new_blocks = if s.base == 0 {
+                    if covered >= len {
+                        new_len / SECTOR_U64
+                    } else {
+                        (next / SECTOR_U64).max(d.volume_blocks as u64)
+                    }
+                } else {
+                    let end = partition_ends.get(&s.base).copied().unwrap_or(covered);
+                    if !moved.is_empty() {
+                        warnings.push(format!(
+                            "the partition-relative ISO 9660 tree at byte {} does not reach the rewritten files after the end of the image: a reader that mounts that partition instead of the whole medium sees the old ones",
+                            s.base
+                        ));
+                    }
+                    (end.saturating_sub(s.base) / SECTOR_U64).max(d.volume_blocks as u64)
+                };
+                let nb = u32::try_from(new_blocks)
+                    .map_err(|_| PatchError::NotIso("image too large".into()))?;
+                if nb != d.volume_blocks {
+                    changes.replace(d.offset + 80, both32(nb).to_vec());
+                }
+            }
+        }
+        warnings.dedup();
+    }
+    Ok(Layout {
         len: new_len,
-        replaced,
-        tail,
-        configs,
+        new_esp: esp_at.map(|a| ((), a)),
     })
+}
+
+/// The first block of a run of `need` unused, all-zero bytes after the ISO 9660 data, inside the
+/// ISO volume and inside the partition that holds it (xorriso's padding and cylinder alignment).
+fn free_run(
+    src: &dyn ReadAt,
+    len: u64,
+    tables: &PartitionTables,
+    iso: &IsoFs,
+    catalog: Option<&Catalog>,
+    need: u64,
+) -> Result<Option<u64>, PatchError> {
+    let main = &iso.sets[0];
+    let volume_end = main
+        .descriptors
+        .iter()
+        .map(|d| d.volume_blocks as u64 * SECTOR_U64)
+        .min()
+        .unwrap_or(0)
+        .min(len);
+    let mut iso_used: Vec<(u64, u64)> = iso
+        .used_blocks()
+        .into_iter()
+        .map(|(b, n)| (b * SECTOR_U64, (b + n) * SECTOR_U64))
+        .collect();
+    // Boot images are files of the tree, or lie outside it (an appended partition); one hidden
+    // in the tree is not zeros, which the check below requires.
+    if let Some(c) = catalog {
+        iso_used.push((c.offset, c.offset + SECTOR_U64));
+    }
+    let data_end = iso_used.iter().map(|r| r.1).max().unwrap_or(0);
+    // Partitions that hold a descriptor set are the ISO's own; any other is used space.
+    let superblocks: BTreeSet<u64> = iso.sets.iter().map(|s| s.base + 16 * SECTOR_U64).collect();
+    let mut limit = volume_end;
+    for p in tables.partitions() {
+        let r = p.byte_range();
+        let holds_iso = superblocks.iter().any(|s| r.contains(s));
+        if holds_iso {
+            if r.contains(&data_end.saturating_sub(1)) {
+                limit = limit.min(r.end);
+            }
+        } else if r.end > data_end {
+            limit = limit.min(r.start.max(data_end));
+        }
+    }
+    if let Some(g) = tables.gpt() {
+        limit = limit.min(g.last_usable_lba.saturating_add(1) * 512);
+    }
+    let start = data_end.next_multiple_of(SECTOR_U64);
+    if start + need > limit {
+        return Ok(None);
+    }
+    // Only zeros may be reused: anything else might be data no structure here describes.
+    let mut buf = vec![0u8; need.min(1 << 20) as usize];
+    let mut off = start;
+    while off < start + need {
+        let n = (start + need - off).min(buf.len() as u64) as usize;
+        src.read_exact_at(off, &mut buf[..n])?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(None);
+        }
+        off += n as u64;
+    }
+    Ok(Some(start))
+}
+
+/// Replaced ranges sorted and disjoint; a later insertion at the same offset has already
+/// replaced the earlier one, overlapping ranges are merged (later bytes win).
+fn flatten_replaced(map: BTreeMap<u64, Vec<u8>>) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (o, d) in map {
+        if let Some((lo, ld)) = out.last_mut() {
+            let lend = *lo + ld.len() as u64;
+            if o <= lend {
+                let start = (o - *lo) as usize;
+                let end = start + d.len();
+                if end > ld.len() {
+                    ld.resize(end, 0);
+                }
+                ld[start..end].copy_from_slice(&d);
+                continue;
+            }
+        }
+        out.push((o, d));
+    }
+    out
+}
+
+/// The tail as contiguous pieces from `start` to `end`, zeros in the gaps.
+fn fill_tail(start: u64, end: u64, map: BTreeMap<u64, TailPiece>) -> Vec<(u64, TailPiece)> {
+    if end <= start {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut pos = start;
+    for (o, p) in map {
+        debug_assert!(o >= pos, "tail pieces overlap at {o}");
+        if o > pos {
+            out.push((pos, TailPiece::Zeros(o - pos)));
+        }
+        pos = o + p.len();
+        out.push((o, p));
+    }
+    if end > pos {
+        out.push((pos, TailPiece::Zeros(end - pos)));
+    }
+    out
 }

@@ -208,14 +208,12 @@ fn grub_mkrescue_with_isolinux_cfg() -> Case {
     ));
     c.arg("-o").arg(&iso).arg(&d);
     run(&mut c);
+    // GRUB boots both firmware modes: the ISOLINUX configs are on no boot path and stay as
+    // they are.
     Case {
-        name: "grub-mkrescue (BIOS + UEFI) with isolinux and syslinux configs",
+        name: "grub-mkrescue (BIOS + UEFI) with unused isolinux and syslinux configs",
         iso,
-        configs: vec![
-            ("boot/grub/grub.cfg", ConfigKind::Grub),
-            ("isolinux/isolinux.cfg", ConfigKind::Isolinux),
-            ("syslinux/syslinux.cfg", ConfigKind::Isolinux),
-        ],
+        configs: vec![("boot/grub/grub.cfg", ConfigKind::Grub)],
         _tmp: t,
     }
 }
@@ -373,7 +371,7 @@ fn patched_isos_boot_configs_carry_args_and_other_files_are_identical() {
             (len - 2048, 2048),
         ];
         let src_len = std::fs::metadata(&case.iso).unwrap().len();
-        offsets.push((src_len - 100, 300));
+        offsets.push((src_len - 100, 300.min((len - (src_len - 100)) as usize)));
         let mut x: u64 = 0x9E3779B97F4A7C15;
         for _ in 0..300 {
             x ^= x << 13;
@@ -457,7 +455,7 @@ fn patching_reads_only_descriptors_directories_and_configs() {
         reads.iter().all(|(o, n)| o + *n as u64 <= s || *o >= e),
         "initrd was read"
     );
-    assert!(patch.len() > len);
+    assert!(patch.len() >= len);
 }
 
 #[test]
@@ -478,7 +476,7 @@ fn iso_without_bootloader_config_is_a_clear_error() {
     mkisofs(&d, &iso, &["-R", "-J"]);
     let err = patch_iso(&std::fs::File::open(&iso).unwrap(), &args()).unwrap_err();
     assert!(
-        matches!(err, PatchError::NoKernelLines(ref p) if p.contains("/boot/grub/grub.cfg")),
+        matches!(err, PatchError::NoKernelLine { ref files, .. } if files.contains("/boot/grub/grub.cfg")),
         "{err}"
     );
 
@@ -554,7 +552,7 @@ fn grub_cfg_inside_the_el_torito_efi_image_is_patched_in_place() {
     )
     .unwrap();
     mt(&["mcopy", small.to_str().unwrap(), "::/EFI/BOOT/grub.cfg"]);
-    // exactly two clusters: the patched file would not fit
+    // exactly two clusters: the patched file needs a third one
     let mut full = "menuentry b {\n linux /boot/vmlinuz\n}\n".to_string();
     full.push_str(&"#".repeat(1023 - full.len()));
     full.push('\n');
@@ -579,11 +577,11 @@ fn grub_cfg_inside_the_el_torito_efi_image_is_patched_in_place() {
         .iter()
         .find(|c| c.path.ends_with("]/big/grub.cfg"))
         .unwrap();
-    assert!(!big_cfg.rewritten);
-    assert_eq!(patched.patch().warnings().len(), 1);
+    assert!(big_cfg.rewritten && big_cfg.kernel_lines == 1);
     assert!(
-        patched.patch().warnings()[0].contains("/big/grub.cfg")
-            && patched.patch().warnings()[0].contains("does not fit")
+        patched.patch().warnings().is_empty(),
+        "{:?}",
+        patched.patch().warnings()
     );
     let out = t.join("patched.iso");
     let mut f = std::fs::File::create(&out).unwrap();
@@ -623,7 +621,10 @@ fn grub_cfg_inside_the_el_torito_efi_image_is_patched_in_place() {
         .args(["::/big/grub.cfg", "-"])
         .env("MTOOLS_SKIP_CHECK", "1"))
     .stdout;
-    assert_eq!(got_big, full.as_bytes());
+    assert_eq!(
+        String::from_utf8_lossy(&got_big),
+        String::from_utf8_lossy(&append_kernel_args(ConfigKind::Grub, full.as_bytes(), &args()).data)
+    );
     let got_boot = run(Command::new(tool("mcopy", "mtools"))
         .args(["-n", "-i"])
         .arg(&img)

@@ -62,6 +62,7 @@ fn artifact_server_child(source: String) -> anyhow::Result<()> {
         let store = ArtifactStore::new(&config)?;
         let set = ArtifactSet {
             boot_iso: Some(BootIsoSource {
+                add_uefi_path: false,
                 url: source,
                 sha256: None,
                 kernel_args: vec![

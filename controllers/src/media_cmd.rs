@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use beskar7_boot::{
-    BootstrapFormat, MetaData, OsFamily, PatchedIso, VolumeFormat, build_config_volume,
+    BootstrapFormat, MetaData, OsFamily, PatchOptions, PatchedIso, VolumeFormat,
+    build_config_volume, patch_iso_with,
     split_kernel_args,
 };
 
@@ -52,6 +53,10 @@ pub struct PatchIsoArgs {
     /// Output ISO.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
+    /// Give an image that boots only with ISOLINUX (Flatcar) a UEFI boot path with Beskar7's
+    /// own loader, booting the same kernel, initrd and arguments.
+    #[arg(long)]
+    pub add_uefi_path: bool,
 }
 
 /// Runs a `media` subcommand.
@@ -125,18 +130,35 @@ pub fn patch_iso(a: PatchIsoArgs) -> anyhow::Result<()> {
     }
     let f =
         std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
-    let patched =
-        PatchedIso::open(f, &args).with_context(|| format!("patching {}", a.input.display()))?;
+    let patch = patch_iso_with(
+        &f,
+        &PatchOptions {
+            kernel_args: args,
+            add_uefi_path: a.add_uefi_path,
+        },
+    )
+    .with_context(|| format!("patching {}", a.input.display()))?;
+    let patched = PatchedIso::new(f, std::sync::Arc::new(patch));
     write_atomically(&a.output, |out| {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
         patched.write_to(&mut w)?;
         w.flush()
     })?;
+    for p in patched.patch().boot_paths() {
+        eprintln!(
+            "boot path {:?} {:?} ({}): {} kernel line(s) carry the arguments{}",
+            p.firmware,
+            p.loader,
+            p.image,
+            p.kernel_lines,
+            if p.added { ", added by the patch" } else { "" }
+        );
+    }
     for c in patched.patch().configs() {
         eprintln!(
             "{} ({:?}): {} kernel line(s){}",
             c.path,
-            c.kind,
+            c.loader,
             c.kernel_lines,
             if c.rewritten {
                 ", rewritten"

@@ -24,7 +24,7 @@ use std::time::SystemTime;
 use axum::Json;
 use axum::Router;
 use axum::routing::post;
-use beskar7_api::{Beskar7MachineSpec, BootMode, OsFamily};
+use beskar7_api::{Beskar7MachineSpec, BootMode, OsFamily, ProvisioningMode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -166,9 +166,13 @@ pub fn check_machine_spec(
     if let Some(selector) = &spec.host_selector {
         check_label_selector(selector).map_err(|e| format!("{field}.hostSelector: {e}"))?;
     }
-    if spec.os_family == OsFamily::Flatcar && spec.boot_mode == BootMode::Uefi {
+    // In the other modes the provider serves the ISO with a UEFI boot path of its own added.
+    if spec.os_family == OsFamily::Flatcar
+        && spec.boot_mode == BootMode::Uefi
+        && spec.provisioning_mode == ProvisioningMode::PreBakedISO
+    {
         warnings.push(format!(
-            "{field}.bootMode is UEFI, but the official Flatcar ISO boots in Legacy (BIOS) mode only; set bootMode: Legacy unless the image supports UEFI"
+            "{field}.bootMode is UEFI with provisioningMode PreBakedISO: the image is inserted as it is, and the official Flatcar ISO boots in Legacy (BIOS) mode only; use bootMode: Legacy, an image that supports UEFI, or RemoteConfig/BootstrapData (the provider then adds a UEFI boot path)"
         ));
     }
     Ok(())
@@ -702,23 +706,25 @@ mod tests {
     }
 
     #[test]
-    fn flatcar_in_uefi_mode_warns() {
-        let machine = |boot: &str| {
+    fn flatcar_prebaked_in_uefi_mode_warns() {
+        let machine = |boot: &str, mode: &str| {
             json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "Beskar7Machine", "metadata": {"name": "t1", "namespace": "ns"},
-                   "spec": {"osFamily": "flatcar", "imageURL": "http://a/flatcar.iso", "bootMode": boot}})
+                   "spec": {"osFamily": "flatcar", "imageURL": "http://a/flatcar.iso", "bootMode": boot, "provisioningMode": mode}})
         };
         let r = validate(
             Kind::Beskar7Machine,
-            &request("Beskar7Machine", "CREATE", machine("UEFI"), None, false),
+            &request("Beskar7Machine", "CREATE", machine("UEFI", "PreBakedISO"), None, false),
         );
         assert!(r.allowed);
-        let w = r.warnings.expect("a warning for Flatcar in UEFI mode");
+        let w = r.warnings.expect("a warning for a pre-baked Flatcar ISO in UEFI mode");
         assert!(w[0].contains("Legacy"), "{w:?}");
-        let r = validate(
-            Kind::Beskar7Machine,
-            &request("Beskar7Machine", "CREATE", machine("Legacy"), None, false),
-        );
-        assert!(r.allowed && r.warnings.is_none());
+        for (boot, mode) in [("Legacy", "PreBakedISO"), ("UEFI", "BootstrapData")] {
+            let r = validate(
+                Kind::Beskar7Machine,
+                &request("Beskar7Machine", "CREATE", machine(boot, mode), None, false),
+            );
+            assert!(r.allowed && r.warnings.is_none(), "{boot} {mode}");
+        }
     }
 
     #[test]

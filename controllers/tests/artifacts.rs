@@ -18,6 +18,7 @@ fn client() -> reqwest::Client {
 fn full_set(url: String, sha256: Option<String>) -> ArtifactSet {
     ArtifactSet {
         boot_iso: Some(BootIsoSource {
+            add_uefi_path: false,
             url,
             sha256,
             kernel_args: vec![
@@ -469,6 +470,7 @@ async fn cache_is_bounded_and_evicts_unused_images() {
     let art = Artifacts::start(limit).await;
     let unpatched = |url: String| ArtifactSet {
         boot_iso: Some(BootIsoSource {
+            add_uefi_path: false,
             url,
             sha256: None,
             kernel_args: vec![],

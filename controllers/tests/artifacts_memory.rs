@@ -26,6 +26,7 @@ async fn memory_flat_while_streaming_a_sparse_1gib_image() {
     let art = Artifacts::start(2 << 30).await;
     let set = ArtifactSet {
         boot_iso: Some(BootIsoSource {
+            add_uefi_path: false,
             url: source.url("big.iso"),
             sha256: None,
             kernel_args: vec![KernelArg::Literal("console=ttyS0".into())],

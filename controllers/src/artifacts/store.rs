@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use beskar7_boot::{IsoPatch, KernelArg, ReadAt, VolumeFormat, patch_iso, resolve_kernel_args};
+use beskar7_boot::{
+    IsoPatch, KernelArg, PatchOptions, ReadAt, VolumeFormat, patch_iso_with, resolve_kernel_args,
+};
 use bytes::Bytes;
 
 use super::cache::{CachedFile, SourceCache};
@@ -49,6 +51,8 @@ pub struct BootIsoSource {
     pub sha256: Option<String>,
     /// Empty: serve the image unchanged.
     pub kernel_args: Vec<KernelArg>,
+    /// Give an ISOLINUX-only image (Flatcar) a UEFI boot path ([`beskar7_boot::PatchOptions`]).
+    pub add_uefi_path: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,7 +328,7 @@ impl ArtifactStore {
         if let Some(r) = slot.as_ref() {
             return r.clone();
         }
-        let result = self.prepare_iso(src, &m.kernel_args).await;
+        let result = self.prepare_iso(src, &m.kernel_args, src.add_uefi_path).await;
         match &result {
             Ok(_) => *slot = Some(result.clone()),
             Err(e) if e.is_permanent() => *slot = Some(result.clone()),
@@ -337,6 +341,7 @@ impl ArtifactStore {
         &self,
         src: &BootIsoSource,
         args: &[String],
+        add_uefi_path: bool,
     ) -> Result<Arc<PreparedIso>, ArtifactError> {
         let file = self.cache.get(&src.url, src.sha256.as_deref()).await?;
         let len = file
@@ -350,6 +355,7 @@ impl ArtifactStore {
             etag_src.update(b"\0");
             etag_src.update(a.as_bytes());
         }
+        etag_src.update(&[u8::from(add_uefi_path)]);
         let etag = format!(
             "\"{}\"",
             etag_src.finish().as_ref()[..16]
@@ -366,8 +372,11 @@ impl ArtifactStore {
             }));
         }
         let f = file.clone();
-        let a = args.to_vec();
-        let patch = tokio::task::spawn_blocking(move || patch_iso(&*f, &a))
+        let opts = PatchOptions {
+            kernel_args: args.to_vec(),
+            add_uefi_path,
+        };
+        let patch = tokio::task::spawn_blocking(move || patch_iso_with(&*f, &opts))
             .await
             .map_err(|e| ArtifactError::Patch {
                 url: src.url.clone(),

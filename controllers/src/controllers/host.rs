@@ -440,7 +440,7 @@ async fn provision(
             bmc.insert_media(&slot.path, url).await?;
         }
     }
-    let mode = if prov.boot_mode == BootMode::Legacy || media.legacy_only {
+    let mode = if prov.boot_mode == BootMode::Legacy {
         redfish::BootMode::Legacy
     } else {
         redfish::BootMode::Uefi
@@ -553,7 +553,6 @@ async fn request_power(
 struct Media {
     boot_url: String,
     config_url: Option<String>,
-    legacy_only: bool,
 }
 
 /// Renders the configuration for the OS, registers it with the artifact server under the
@@ -602,7 +601,6 @@ async fn prepare_media(
         return Ok(Media {
             boot_url: prov.image_url.clone(),
             config_url: None,
-            legacy_only: plan.legacy_boot_only,
         });
     }
 
@@ -633,6 +631,7 @@ async fn prepare_media(
     };
     let mut set = ArtifactSet {
         boot_iso: Some(BootIsoSource {
+            add_uefi_path: plan.add_uefi_path && prov.boot_mode == BootMode::Uefi,
             url: prov.image_url.clone(),
             sha256: prov.image_checksum.clone(),
             kernel_args,
@@ -664,7 +663,6 @@ async fn prepare_media(
             .boot_iso
             .ok_or_else(|| Error::Invalid("artifact server returned no boot ISO URL".into()))?,
         config_url: urls.config_volume,
-        legacy_only: plan.legacy_boot_only,
     })
 }
 
