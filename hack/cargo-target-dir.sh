@@ -4,9 +4,10 @@
 #
 #   ${BESKAR7_CARGO_CACHE:-~/.cache/beskar7/cargo-target}/<toolchain>-<lockfile>
 #
-# The key is the rustc version (with its commit hash) and the hash of Cargo.lock, so a toolchain or
-# dependency change starts a new directory; within one key Cargo's own fingerprints (source mtimes
-# and hashes, flags, features) decide what is rebuilt, as they do in ./target. A result can only
+# The key is the rustc version (with its commit hash) and the hash of the registry packages in
+# Cargo.lock (name, version, checksum: not the workspace's own crates, whose edges change often), so
+# a toolchain or dependency change starts a new directory; within one key Cargo's own fingerprints
+# (source mtimes and hashes, flags, features) decide what is rebuilt, as they do in ./target. A result can only
 # come from a stale cache if Cargo's fingerprints are wrong, which is equally true of ./target.
 # The two most recently used keys are kept; older ones are removed (each is several GiB).
 set -euo pipefail
@@ -14,7 +15,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BASE=${BESKAR7_CARGO_CACHE:-$HOME/.cache/beskar7/cargo-target}
 rustc_id=$(rustc -vV | sed -n 's/^commit-hash: //p' | cut -c1-12)
 [ -n "$rustc_id" ] || rustc_id=$(rustc -V | tr -c 'A-Za-z0-9.\n' '_')
-lock_id=$(sha256sum "$ROOT/Cargo.lock" | cut -c1-12)
+lock_id=$(awk '/^\[\[package\]\]/ { if (src) print entry; entry = ""; src = 0; next }
+	/^(name|version|checksum) =/ { entry = entry $0 " " }
+	/^source = "registry/ { src = 1 }
+	END { if (src) print entry }' "$ROOT/Cargo.lock" | sha256sum | cut -c1-12)
 dir=$BASE/rustc-$rustc_id-lock-$lock_id
 mkdir -p "$dir"
 touch "$dir" # most recently used

@@ -28,8 +28,9 @@ pub use machine::{
     HostReference, MachineInitialization, NodeInfo,
 };
 pub use physical_host::{
-    BmcDetails, ConsumerRef, HardwareDetails, HostState, Nic, PhysicalHost, PhysicalHostSpec,
-    PhysicalHostStatus, PowerRequest, Provisioning, RedfishConnection, VirtualMediaSlotInfo,
+    BmcDetails, ConfigDelivery, ConsumerRef, HardwareDetails, HostState, Nic, PhysicalHost,
+    PhysicalHostSpec, PhysicalHostStatus, PowerRequest, Provisioning, RedfishConnection,
+    VirtualMediaSlotInfo,
 };
 
 /// API group of every Beskar7 kind.

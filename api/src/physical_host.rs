@@ -48,6 +48,12 @@ use crate::common::{
         description = "Beskar7Machine that claimed the host"
     ),
     printcolumn(
+        name = "Config",
+        type_ = "string",
+        json_path = ".status.configDelivery",
+        description = "How the claim's configuration reaches the OS: Volume (second virtual media device) or URL (served, named on the kernel command line)"
+    ),
+    printcolumn(
         name = "Address",
         type_ = "string",
         json_path = ".spec.redfishConnection.address",
@@ -208,6 +214,19 @@ impl fmt::Display for HostState {
     }
 }
 
+/// How the configuration of the current claim reaches the OS (DESIGN.md section 5).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ConfigDelivery {
+    /// A config volume in a second virtual media slot.
+    Volume,
+    /// A document served by the artifact server, named by a kernel argument baked into the boot
+    /// ISO: chosen when the BMC has no second slot, or refused the second insert.
+    #[serde(rename = "URL")]
+    Url,
+    /// The user's `configURL` (RemoteConfig), or the image carries its own (PreBakedISO).
+    External,
+}
+
 /// Observed state of a PhysicalHost, all of it read from the BMC or derived by the controller.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -238,6 +257,10 @@ pub struct PhysicalHostStatus {
     /// refuse a second request meanwhile, so the same change is not asked again while recent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_power_request: Option<PowerRequest>,
+    /// How the current claim's configuration reaches the OS. Once URL for a claim, it stays URL
+    /// (a BMC that refused a second device is not asked again); cleared when the host is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_delivery: Option<ConfigDelivery>,
     /// When the BMC was last read successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated: Option<Time>,

@@ -64,7 +64,8 @@ pub(crate) struct ConfigFile {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ConfigSet {
     pub files: Vec<ConfigFile>,
-    /// References that could not be followed (a variable the files do not set, a missing file).
+    /// References that could not be followed (a variable the files do not set; ISOLINUX: a
+    /// missing file, which ISOLINUX reports as an error).
     pub unresolved: Vec<String>,
 }
 
@@ -220,11 +221,10 @@ pub(crate) fn grub_configs(
                         .map(|p| Place::Esp(*i, p)),
                     Place::Iso(_) => None,
                 });
-            match target {
-                Some(t) => queue.push_back(t),
-                None => {
-                    unresolved.insert(normalise(&r.path));
-                }
+            // A file that is not there is no boot path either (kiwi sources
+            // `/.snapshots/grub-snapshot.cfg` only `if [ -f ... ]`).
+            if let Some(t) = target {
+                queue.push_back(t);
             }
         }
         set.files.push(ConfigFile {

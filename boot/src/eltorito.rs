@@ -53,6 +53,8 @@ pub struct BootEntry {
     pub load_sectors: u16,
     /// Start, in 2048-byte blocks.
     pub lba: u32,
+    /// Byte offset of the entry in the catalog block.
+    pub offset: usize,
 }
 
 /// The boot catalog: where it is and what it lists.
@@ -89,15 +91,19 @@ pub fn read_catalog(
     if c[0] != 1 || c[30] != 0x55 || c[31] != 0xAA {
         return Ok(None);
     }
-    let entry = |e: &[u8], platform: u8| BootEntry {
-        platform: Platform::from_byte(platform),
-        media: e[1] & 0x0F,
-        load_sectors: le16(&e[6..]),
-        lba: le32(&e[8..]),
+    let entry = |c: &[u8], at: usize, platform: u8| {
+        let e = &c[at..at + 32];
+        BootEntry {
+            platform: Platform::from_byte(platform),
+            media: e[1] & 0x0F,
+            load_sectors: le16(&e[6..]),
+            lba: le32(&e[8..]),
+            offset: at,
+        }
     };
     let mut entries = Vec::new();
     if c[32] == 0x88 {
-        entries.push(entry(&c[32..64], c[1]));
+        entries.push(entry(&c, 32, c[1]));
     }
     let mut i = 64;
     let mut last_header = None;
@@ -114,14 +120,14 @@ pub fn read_catalog(
         i += 32;
         let mut seen = 0;
         while seen < count && i + 32 <= c.len() {
-            let e = &c[i..i + 32];
+            let at = i;
             i += 32;
-            if e[0] == 0x44 {
+            if c[at] == 0x44 {
                 // extension record of the previous entry
                 continue;
             }
-            if e[0] == 0x88 {
-                entries.push(entry(e, platform));
+            if c[at] == 0x88 {
+                entries.push(entry(&c, at, platform));
             }
             seen += 1;
         }
@@ -139,6 +145,15 @@ pub fn read_catalog(
 }
 
 impl Catalog {
+    /// The catalog with the entries that load from block `from` loading from `to` instead.
+    pub fn with_moved_image(&self, bytes: &[u8], from: u32, to: u32) -> Vec<u8> {
+        let mut c = bytes.to_vec();
+        for e in self.entries.iter().filter(|e| e.lba == from) {
+            c[e.offset + 8..e.offset + 12].copy_from_slice(&to.to_le_bytes());
+        }
+        c
+    }
+
     /// The catalog with one more bootable UEFI entry: a final section header for platform
     /// 0xEF and a no-emulation entry loading from `lba`. `load_sectors` is what UEFI firmware
     /// takes as the image size; xorriso writes 0 or 1 for an appended partition too large for

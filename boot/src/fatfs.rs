@@ -1069,6 +1069,10 @@ fn name_matches(e: &FatEntry, want_upper: &str) -> bool {
             .is_some_and(|l| l.to_uppercase() == want_upper)
 }
 
+/// Sectors as they were before the running operation (None: not modified), and the set of
+/// those already recorded.
+type Journal = (Vec<(u64, Option<Vec<u8>>)>, HashSet<u64>);
+
 /// The modified sectors, over the source.
 struct Overlay<'a> {
     src: &'a dyn ReadAt,
@@ -1077,7 +1081,7 @@ struct Overlay<'a> {
     bps: u64,
     sectors: BTreeMap<u64, Vec<u8>>,
     /// While an operation runs: the previous state of each sector it touched.
-    journal: Option<(Vec<(u64, Option<Vec<u8>>)>, HashSet<u64>)>,
+    journal: Option<Journal>,
 }
 
 impl Overlay<'_> {
@@ -1346,7 +1350,7 @@ impl<'a> FatEdit<'a> {
         }
         let at = scan
             .free_run(n)
-            .expect("a grown directory has room for the entries");
+            .ok_or_else(|| FatError::DirectoryFull(format!("{dir_path}/")))?;
         for (i, e) in entries.iter().enumerate() {
             self.ov.write(scan.slots[at + i], e)?;
         }

@@ -145,7 +145,10 @@ pub enum TailPiece {
     Bytes(Vec<u8>),
     Zeros(u64),
     /// A range of the source image (e.g. a kernel file referenced by a new FAT image).
-    Source { offset: u64, len: u64 },
+    Source {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl TailPiece {
@@ -448,14 +451,15 @@ fn fat_edit<'m, 's>(
     esp: &Esp,
     src: &'s dyn ReadAt,
 ) -> Result<&'m mut FatEdit<'s>, PatchError> {
-    if !edits.contains_key(&i) {
-        let e = FatEdit::new(&esp.fs, src).map_err(|source| PatchError::Fat {
-            image: esp.name.clone(),
-            source,
-        })?;
-        edits.insert(i, e);
-    }
-    Ok(edits.get_mut(&i).expect("inserted above"))
+    Ok(match edits.entry(i) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => v.insert(
+            FatEdit::new(&esp.fs, src).map_err(|source| PatchError::Fat {
+                image: esp.name.clone(),
+                source,
+            })?,
+        ),
+    })
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -471,11 +475,12 @@ fn classify_bios(
     let off = lba as u64 * SECTOR_U64;
     let file = IsoFs::file_at(files, off);
     let head = read_vec(src, off, (64 << 10).min(len.saturating_sub(off)) as usize)?;
-    let name = file.map(|f| f.path.to_ascii_lowercase()).unwrap_or_default();
+    let name = file
+        .map(|f| f.path.to_ascii_lowercase())
+        .unwrap_or_default();
     let loader = if name.ends_with("isolinux.bin") || contains(&head, b"ISOLINUX") {
         Some(ConfigKind::Isolinux)
-    } else if name.contains("grub") || name.ends_with("eltorito.img") || contains(&head, b"GRUB")
-    {
+    } else if name.contains("grub") || name.ends_with("eltorito.img") || contains(&head, b"GRUB") {
         Some(ConfigKind::Grub)
     } else {
         None
@@ -508,12 +513,19 @@ fn classify_uefi(fs: &FatFs, src: &dyn ReadAt) -> UefiLoader {
     {
         return UefiLoader::SystemdBoot;
     }
+    // grub-mkimage's EFI images carry their modules in a section named `mods`.
+    let grub_pe = boot
+        .as_ref()
+        .ok()
+        .and_then(|h| pe::parse(h).ok())
+        .is_some_and(|img| img.section("mods").is_some());
     let has = |p: &str| fs.lookup(p).is_some();
     let grub_cfg = fs
         .entries()
         .iter()
         .any(|e| e.path.to_ascii_lowercase().ends_with("/grub.cfg"));
-    let grub_binary = has("EFI/BOOT/grubx64.efi")
+    let grub_binary = grub_pe
+        || has("EFI/BOOT/grubx64.efi")
         || has("EFI/BOOT/grub.efi")
         || boot
             .as_ref()
@@ -613,18 +625,13 @@ pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch,
         .iter()
         .find(|b| b.loader == Some(ConfigKind::Isolinux))
         .and_then(|b| b.dir.clone());
-    let wants_isolinux = bios
-        .iter()
-        .any(|b| b.loader != Some(ConfigKind::Grub));
+    let wants_isolinux = bios.iter().any(|b| b.loader != Some(ConfigKind::Grub));
     let isolinux = if wants_isolinux {
         bootcfg::isolinux_configs(&iso_vol, isolinux_dir.as_deref())
     } else {
         ConfigSet::default()
     };
-    let fat_vols: Vec<FatVolume> = esps
-        .iter()
-        .map(|e| FatVolume { fs: &e.fs, src })
-        .collect();
+    let fat_vols: Vec<FatVolume> = esps.iter().map(|e| FatVolume { fs: &e.fs, src }).collect();
     let grub_esps: Vec<(usize, &dyn ConfigVolume)> = esps
         .iter()
         .enumerate()
@@ -770,10 +777,8 @@ pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch,
         new_esp = Some(crate::uefi_add::build(&label, &files, args)?);
     }
 
-    let fat_replaced: Vec<(u64, Vec<u8>)> = fat_edits
-        .into_values()
-        .flat_map(FatEdit::finish)
-        .collect();
+    let fat_replaced: Vec<(u64, Vec<u8>)> =
+        fat_edits.into_values().flat_map(FatEdit::finish).collect();
     for (o, d) in fat_replaced {
         changes.replace(o, d);
     }
@@ -787,9 +792,8 @@ pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch,
         &iso_rewrites,
         new_esp.as_ref(),
         &mut changes,
-        &mut warnings,
     )?;
-    if let Some((esp, at)) = layout.new_esp {
+    if let Some(at) = layout.new_esp {
         boot_paths.push(BootPath {
             firmware: Firmware::Uefi,
             loader: Loader::Beskar7,
@@ -798,15 +802,17 @@ pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch,
             added: true,
         });
         configs.push(ConfigFound {
-            path: format!("[appended EFI system partition]/{}", crate::efi_loader::CONFIG_PATH),
+            path: format!(
+                "[appended EFI system partition]/{}",
+                crate::efi_loader::CONFIG_PATH
+            ),
             loader: Loader::Beskar7,
             kernel_lines: 1,
             rewritten: true,
         });
-        let _ = esp;
     }
     configs.sort_by(|a, b| a.path.cmp(&b.path));
-    boot_paths.sort_by(|a, b| (a.firmware, a.loader).cmp(&(b.firmware, b.loader)));
+    boot_paths.sort_by_key(|p| (p.firmware, p.loader));
     Ok(IsoPatch {
         source_len: len,
         len: layout.len,
@@ -832,11 +838,21 @@ fn describe_hidden_image(tables: &PartitionTables, base: u64, lba: u32) -> Strin
 /// Where the new bytes went.
 struct Layout {
     len: u64,
-    /// The added EFI system partition and its absolute offset.
-    new_esp: Option<((), u64)>,
+    /// Absolute offset of the added EFI system partition.
+    new_esp: Option<u64>,
+}
+
+fn block_of(offset: u64) -> Result<u32, PatchError> {
+    u32::try_from(offset / SECTOR_U64).map_err(|_| PatchError::NotIso("image too large".into()))
 }
 
 /// Places rewritten ISO files and an added ESP, and updates every structure that names them.
+///
+/// When the image grows, the rewritten files go right after its old end. A partition holding
+/// a partition-relative ISO 9660 tree (xorriso `-partition_offset`) is extended over them, so
+/// that tree can name them too; the partitions appended after it (the EFI image, xorriso's gap)
+/// move behind the new files, their bytes served from where they were, their El Torito entries
+/// and GPT entries following them.
 #[allow(clippy::too_many_arguments)]
 fn lay_out(
     src: &dyn ReadAt,
@@ -847,7 +863,6 @@ fn lay_out(
     rewrites: &[(IsoFile, Vec<u8>)],
     new_esp: Option<&crate::uefi_add::NewEsp>,
     changes: &mut Changes,
-    warnings: &mut Vec<String>,
 ) -> Result<Layout, PatchError> {
     let need: u64 = rewrites
         .iter()
@@ -858,22 +873,65 @@ fn lay_out(
     } else {
         None
     };
+    let in_place = free.is_some();
+    let mut next = free.unwrap_or(len.next_multiple_of(SECTOR_U64));
     let mut moved: BTreeMap<u64, (u64, u32)> = BTreeMap::new();
-    let (mut next, in_place) = match free {
-        Some(start) => (start, true),
-        None => (len.div_ceil(SECTOR_U64) * SECTOR_U64, false),
-    };
     for (f, data) in rewrites {
         moved.insert(f.offset, (next, data.len() as u32));
-        let padded = (data.len() as u64).div_ceil(SECTOR_U64) * SECTOR_U64;
         let mut block = data.clone();
-        block.resize(padded as usize, 0);
+        block.resize((data.len() as u64).next_multiple_of(SECTOR_U64) as usize, 0);
+        let n = block.len() as u64;
         if in_place {
             changes.replace(next, block);
         } else {
             changes.tail.insert(next, TailPiece::Bytes(block));
         }
-        next += padded;
+        next += n;
+    }
+    for r in iso.records.iter().filter(|r| !r.is_dir) {
+        if let Some((at, size)) = moved.get(&iso.data_offset(r)) {
+            let mut v = both32(block_of(at - iso.sets[r.set].base)?).to_vec();
+            v.extend_from_slice(&both32(*size));
+            changes.replace(r.offset + 2, v);
+        }
+    }
+    if in_place || (need == 0 && new_esp.is_none()) {
+        return Ok(Layout { len, new_esp: None });
+    }
+
+    let files_end = next;
+    let parts = tables.partitions();
+    let mut edit = tables.edit();
+    let mut catalog_bytes = catalog.map(|c| c.bytes.clone());
+    // The partition of a partition-relative tree, and what follows it.
+    let relative_part = parts.iter().position(|p| {
+        let start = p.byte_range().start;
+        start > 0 && iso.sets.iter().any(|s| s.base == start)
+    });
+    let mut partition_end: BTreeMap<u64, u64> = BTreeMap::new();
+    if let Some(pi) = relative_part {
+        let p_end = parts[pi].byte_range().end;
+        let mut after: Vec<usize> = (0..parts.len())
+            .filter(|&q| {
+                let r = parts[q].byte_range();
+                q != pi && r.start >= p_end && r.end <= len
+            })
+            .collect();
+        after.sort_by_key(|&q| parts[q].byte_range().start);
+        for q in after {
+            let r = parts[q].byte_range();
+            let at = next.next_multiple_of(SECTOR_U64);
+            relocate(changes, r.start, r.end, at);
+            edit.set_range(q, at / 512, (at + (r.end - r.start)) / 512 - 1)?;
+            if let (Some(c), Some(bytes)) = (catalog, catalog_bytes.as_mut()) {
+                *bytes = c.with_moved_image(bytes, block_of(r.start)?, block_of(at)?);
+            }
+            next = at + (r.end - r.start);
+        }
+        if files_end > p_end {
+            edit.extend_partition_to(pi, files_end)?;
+        }
+        partition_end.insert(parts[pi].byte_range().start, files_end.max(p_end));
     }
     let mut esp_at = None;
     if let Some(esp) = new_esp {
@@ -883,48 +941,21 @@ fn lay_out(
         next = at + esp.len();
         esp_at = Some(at);
     }
-    let grows = !in_place && (need > 0 || new_esp.is_some());
-    let new_len = if grows {
-        (next + END_PADDING).next_multiple_of(END_ALIGN)
-    } else {
-        len
-    };
-
-    // Directory records of every tree of every set.
-    for r in &iso.records {
-        if r.is_dir {
-            continue;
-        }
-        if let Some((at, size)) = moved.get(&iso.data_offset(r)) {
-            let base = iso.sets[r.set].base;
-            let rel = u32::try_from((at - base) / SECTOR_U64)
-                .map_err(|_| PatchError::NotIso("image too large".into()))?;
-            let mut v = both32(rel).to_vec();
-            v.extend_from_slice(&both32(*size));
-            changes.replace(r.offset + 2, v);
-        }
-    }
-
-    // Partitions: the backup GPT moves to the new end; a partition that ended at the old end
-    // (isohybrid's partition 1) grows with the image; the added ESP gets an MBR entry.
-    let mut edit = tables.edit();
-    if grows {
-        edit.resize(new_len)?;
-        for (i, p) in tables.partitions().iter().enumerate() {
+    let new_len = (next + END_PADDING).next_multiple_of(END_ALIGN);
+    edit.resize(new_len)?;
+    if relative_part.is_none() {
+        // A partition that covered the whole image (isohybrid's partition 1) covers the files.
+        for (i, p) in parts.iter().enumerate() {
             let end = p.byte_range().end;
-            if end >= len.saturating_sub(tables.backup_gpt_bytes()) && end <= len {
-                let new_end = esp_at.unwrap_or(new_len - tables.backup_gpt_bytes());
-                if new_end > end {
-                    edit.extend_partition_to(i, new_end)?;
-                }
+            let cover = esp_at.unwrap_or(files_end);
+            if end >= len.saturating_sub(tables.backup_gpt_bytes()) && end <= len && cover > end {
+                edit.extend_partition_to(i, cover)?;
             }
         }
     }
-    let mut partition_ends = BTreeMap::new();
     if let (Some(esp), Some(at)) = (new_esp, esp_at) {
-        let sectors = esp.len() / 512;
         if tables.mbr().is_some_and(|m| !m.is_protective()) || tables.is_empty() {
-            edit.add_mbr_partition(0xEF, at / 512, sectors, false)?;
+            edit.add_mbr_partition(0xEF, at / 512, esp.len() / 512, false)?;
         }
         if tables.gpt().is_some() {
             edit.add_gpt_partition(
@@ -935,15 +966,19 @@ fn lay_out(
             )?;
         }
         let cat = catalog.ok_or_else(|| {
-            PatchError::Unsupported("the image has no El Torito catalog to add a UEFI entry to".into())
+            PatchError::Unsupported(
+                "the image has no El Torito catalog to add a UEFI entry to".into(),
+            )
         })?;
-        let lba = u32::try_from(at / SECTOR_U64)
-            .map_err(|_| PatchError::NotIso("image too large".into()))?;
         let load = u16::try_from(esp.len() / 512).unwrap_or(0);
-        let bytes = cat.with_efi_entry(lba, load).ok_or_else(|| {
+        catalog_bytes = Some(cat.with_efi_entry(block_of(at)?, load).ok_or_else(|| {
             PatchError::Unsupported("the El Torito catalog has no room for a UEFI entry".into())
-        })?;
-        changes.replace(cat.offset, bytes);
+        })?);
+    }
+    if let (Some(c), Some(bytes)) = (catalog, catalog_bytes)
+        && bytes != c.bytes
+    {
+        changes.replace(c.offset, bytes);
     }
     let pc = edit.build()?;
     for (o, d) in pc.replaced {
@@ -952,54 +987,68 @@ fn lay_out(
     for (o, d) in pc.tail {
         changes.tail.insert(o, TailPiece::Bytes(d));
     }
-    if grows {
-        for p in tables.partitions() {
-            partition_ends.insert(p.byte_range().start, p.byte_range().end);
-        }
-        // Old backup GPT header: zeroed, so nothing mistakes it for the current one.
-        if let Some(g) = tables.gpt()
-            && !g.used_backup
-            && tables.backup_gpt_bytes() > 0
-        {
-            changes.replace(len - 512, vec![0u8; 512]);
-        }
-    }
 
-    // Volume sizes: the main set covers what it covered (the whole image for xorriso); a
-    // partition-relative set stays inside its partition.
-    if grows {
-        for s in &iso.sets {
-            for d in &s.descriptors {
-                let covered = s.base + d.volume_blocks as u64 * SECTOR_U64;
-                let new_blocks = if s.base == 0 {
-                    if covered >= len {
-                        new_len / SECTOR_U64
-                    } else {
-                        (next / SECTOR_U64).max(d.volume_blocks as u64)
-                    }
+    // Volume sizes: the main set covers what it covered (the whole image, for xorriso); a
+    // partition-relative set covers its partition.
+    for s in &iso.sets {
+        for d in &s.descriptors {
+            let covered = s.base + d.volume_blocks as u64 * SECTOR_U64;
+            let end = if s.base == 0 {
+                if covered >= len {
+                    new_len
                 } else {
-                    let end = partition_ends.get(&s.base).copied().unwrap_or(covered);
-                    if !moved.is_empty() {
-                        warnings.push(format!(
-                            "the partition-relative ISO 9660 tree at byte {} does not reach the rewritten files after the end of the image: a reader that mounts that partition instead of the whole medium sees the old ones",
-                            s.base
-                        ));
-                    }
-                    (end.saturating_sub(s.base) / SECTOR_U64).max(d.volume_blocks as u64)
-                };
-                let nb = u32::try_from(new_blocks)
-                    .map_err(|_| PatchError::NotIso("image too large".into()))?;
-                if nb != d.volume_blocks {
-                    changes.replace(d.offset + 80, both32(nb).to_vec());
+                    covered.max(files_end)
                 }
+            } else {
+                partition_end.get(&s.base).copied().unwrap_or(covered)
+            };
+            let blocks = block_of(end - s.base)?;
+            if blocks != d.volume_blocks {
+                changes.replace(d.offset + 80, both32(blocks).to_vec());
             }
         }
-        warnings.dedup();
     }
     Ok(Layout {
         len: new_len,
-        new_esp: esp_at.map(|a| ((), a)),
+        new_esp: esp_at,
     })
+}
+
+/// Serves the source bytes `[start, end)` at `to` in the tail, with the replaced ranges that fell
+/// inside them (edits of a FAT image) moved along.
+fn relocate(changes: &mut Changes, start: u64, end: u64, to: u64) {
+    let inside: Vec<u64> = changes
+        .replaced
+        .range(start..end)
+        .map(|(o, _)| *o)
+        .collect();
+    let mut pos = start;
+    for o in inside {
+        let data = changes.replaced.remove(&o).expect("listed above");
+        if o > pos {
+            changes.tail.insert(
+                to + (pos - start),
+                TailPiece::Source {
+                    offset: pos,
+                    len: o - pos,
+                },
+            );
+        }
+        let n = data.len() as u64;
+        changes
+            .tail
+            .insert(to + (o - start), TailPiece::Bytes(data));
+        pos = pos.max(o + n);
+    }
+    if end > pos {
+        changes.tail.insert(
+            to + (pos - start),
+            TailPiece::Source {
+                offset: pos,
+                len: end - pos,
+            },
+        );
+    }
 }
 
 /// The first block of a run of `need` unused, all-zero bytes after the ISO 9660 data, inside the

@@ -43,7 +43,12 @@ fn map_fat(image: &str) -> impl Fn(crate::fatfs::FatError) -> PatchError + '_ {
     }
 }
 
-fn read_uki(fs: &FatFs, src: &dyn ReadAt, path: &str, image: &str) -> Result<Option<Uki>, PatchError> {
+fn read_uki(
+    fs: &FatFs,
+    src: &dyn ReadAt,
+    path: &str,
+    image: &str,
+) -> Result<Option<Uki>, PatchError> {
     let head = fat_read_range(fs, src, path, 0, pe::HEADER_BYTES as u64).map_err(map_fat(image))?;
     let Ok(img) = pe::parse(&head) else {
         return Ok(None);
@@ -72,10 +77,7 @@ fn read_uki(fs: &FatFs, src: &dyn ReadAt, path: &str, image: &str) -> Result<Opt
                 .map(|v| v.trim_matches('"').to_string())
         })
     });
-    let name = path
-        .strip_suffix(HIDDEN_SUFFIX)
-        .unwrap_or(path)
-        .to_string();
+    let name = path.strip_suffix(HIDDEN_SUFFIX).unwrap_or(path).to_string();
     Ok(Some(Uki {
         path: path.to_string(),
         name,
@@ -144,7 +146,10 @@ pub(crate) fn patch(
         });
     };
     let words: Vec<&str> = uki.cmdline.split_whitespace().collect();
-    let missing: Vec<&String> = args.iter().filter(|a| !words.contains(&a.as_str())).collect();
+    let missing: Vec<&String> = args
+        .iter()
+        .filter(|a| !words.contains(&a.as_str()))
+        .collect();
     let entry_path = format!("[{image}]/{ENTRY_PATH}");
     if missing.is_empty() && fs.lookup(ENTRY_PATH).is_none() {
         // The UKI's own command line has everything (e.g. baked in by Image Factory).
@@ -162,7 +167,11 @@ pub(crate) fn patch(
         return Err(PatchError::SecureBootImage(format!(
             "{image}: the UKI {} is signed, and under Secure Boot systemd-stub ignores any command line but its own, which lacks {}: use an image whose UKI already carries the arguments (for Talos an Image Factory schematic with extraKernelArgs), or provisioningMode PreBakedISO",
             uki.name,
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
         )));
     }
     let mut options = uki.cmdline.clone();
@@ -183,11 +192,15 @@ pub(crate) fn patch(
             "kernel arguments must not contain line breaks".into(),
         ));
     }
-    if fs.lookup("loader/entries").is_none() {
-        edit.mkdir("loader/entries").map_err(map_fat(image))?;
+    let old_entry = fs.read_file(src, ENTRY_PATH, 64 << 10).ok();
+    let entry_changed = old_entry.as_deref() != Some(entry.as_bytes());
+    if entry_changed {
+        if fs.lookup("loader/entries").is_none() {
+            edit.mkdir("loader/entries").map_err(map_fat(image))?;
+        }
+        edit.write_file(ENTRY_PATH, entry.as_bytes())
+            .map_err(map_fat(image))?;
     }
-    edit.write_file(ENTRY_PATH, entry.as_bytes())
-        .map_err(map_fat(image))?;
     let old_conf = fs
         .read_file(src, LOADER_CONF, 64 << 10)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -210,7 +223,7 @@ pub(crate) fn patch(
                 path: entry_path,
                 loader: Loader::SystemdBoot,
                 kernel_lines: 1,
-                rewritten: true,
+                rewritten: entry_changed,
             },
             ConfigFound {
                 path: format!("[{image}]/{LOADER_CONF}"),
@@ -238,6 +251,9 @@ mod tests {
             "timeout 3\r\ndefault beskar7.conf\r\n"
         );
         assert_eq!(loader_conf(""), "default beskar7.conf\n");
-        assert_eq!(loader_conf("timeout 1"), "timeout 1\ndefault beskar7.conf\n");
+        assert_eq!(
+            loader_conf("timeout 1"),
+            "timeout 1\ndefault beskar7.conf\n"
+        );
     }
 }

@@ -576,8 +576,28 @@ fn full_volume_gives_no_space_and_changes_nothing() {
     assert!(matches!(err, FatError::NoSpace { .. }), "{err}");
     assert_eq!(ed.read_file("/keep.txt", 100).unwrap(), b"keep\n");
     assert_eq!(ed.free_bytes(), left);
+    // /dir's one cluster holds 16 slots: `.`, `..` and 14 empty files fill it; then the data
+    // fits but the directory cannot grow, and the data clusters must be given back
+    for i in 0..14 {
+        ed.write_file(&format!("/dir/E{i}.TXT"), b"").unwrap();
+    }
+    let err = ed
+        .write_file("/dir/LAST.BIN", &vec![3u8; left as usize])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FatError::NoSpace {
+                needed: 512,
+                free: 0
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(ed.free_bytes(), left);
+    assert_eq!(ed.lookup("/dir/LAST.BIN").unwrap(), None);
     // exactly the free space fits; then nothing more does
-    ed.write_file("/dir/big file.bin", &pattern(9, left as usize))
+    ed.write_file("/big file.bin", &pattern(9, left as usize))
         .unwrap();
     assert_eq!(ed.free_bytes(), 0);
     assert!(matches!(
@@ -588,9 +608,10 @@ fn full_volume_gives_no_space_and_changes_nothing() {
     apply(&img, &out, &fs, &ed.finish());
     fsck(&out);
     assert_eq!(
-        mcopy_out(&t, &out, "/dir/big file.bin"),
+        mcopy_out(&t, &out, "/big file.bin"),
         pattern(9, left as usize)
     );
+    assert!(mdir_all(&out).contains("/dir/E13.TXT"));
     assert_eq!(mtype(&out, "/keep.txt"), b"keep\n");
 }
 

@@ -623,7 +623,9 @@ fn grub_cfg_inside_the_el_torito_efi_image_is_patched_in_place() {
     .stdout;
     assert_eq!(
         String::from_utf8_lossy(&got_big),
-        String::from_utf8_lossy(&append_kernel_args(ConfigKind::Grub, full.as_bytes(), &args()).data)
+        String::from_utf8_lossy(
+            &append_kernel_args(ConfigKind::Grub, full.as_bytes(), &args()).data
+        )
     );
     let got_boot = run(Command::new(tool("mcopy", "mtools"))
         .args(["-n", "-i"])

@@ -55,6 +55,7 @@ impl Error {
             Error::CaBundle { .. } => "CABundleSecretInvalid",
             Error::BootstrapData { .. } => "BootstrapDataInvalid",
             Error::Profile(_) | Error::Boot(_) => "OSConfigurationInvalid",
+            Error::Artifacts(ArtifactError::SecureBootImage { .. }) => "SecureBootImage",
             Error::Artifacts(e) if e.is_permanent() => "BootImageInvalid",
             Error::Artifacts(_) => "BootImageUnavailable",
             Error::HostUnsuitable(_) => "HostUnsuitable",

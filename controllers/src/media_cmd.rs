@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use beskar7_boot::{
     BootstrapFormat, MetaData, OsFamily, PatchOptions, PatchedIso, VolumeFormat,
-    build_config_volume, patch_iso_with,
-    split_kernel_args,
+    build_config_volume, patch_iso_with, split_kernel_args,
 };
 
 #[derive(Debug, clap::Subcommand)]

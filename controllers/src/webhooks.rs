@@ -713,10 +713,18 @@ mod tests {
         };
         let r = validate(
             Kind::Beskar7Machine,
-            &request("Beskar7Machine", "CREATE", machine("UEFI", "PreBakedISO"), None, false),
+            &request(
+                "Beskar7Machine",
+                "CREATE",
+                machine("UEFI", "PreBakedISO"),
+                None,
+                false,
+            ),
         );
         assert!(r.allowed);
-        let w = r.warnings.expect("a warning for a pre-baked Flatcar ISO in UEFI mode");
+        let w = r
+            .warnings
+            .expect("a warning for a pre-baked Flatcar ISO in UEFI mode");
         assert!(w[0].contains("Legacy"), "{w:?}");
         for (boot, mode) in [("Legacy", "PreBakedISO"), ("UEFI", "BootstrapData")] {
             let r = validate(

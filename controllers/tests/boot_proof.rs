@@ -1,24 +1,27 @@
 //! Proof by booting: what the provider hands a BMC boots in a real virtual machine, and the
 //! guest sees the kernel arguments and the config volume its OS expects.
 //!
-//! `provider_media_boot_in_vms` drives the provider end to end (real kube-apiserver with the
-//! CAPI managers, the sushy-tools emulator as BMCs, `beskar7 manager` as a process), one
-//! machine per OS profile and delivery recipe, then boots each machine through the BMC-to-VM
-//! bridge (`beskar7_test::boot_bridge`): the images the emulator holds are downloaded from
-//! their inserted URLs (our artifact server) and booted in `qemu-system-x86_64` as the slots and
-//! the boot override say. The guest is Debian's kernel with a busybox initrd that prints
-//! `/proc/cmdline` and the files of the volume with the OS's label
-//! (`beskar7_test::vm`).
+//! The boot images have the layouts the OSes really ship (`beskar7_test::os_images`: Talos's
+//! hybrid with systemd-boot and a UKI on UEFI and GRUB on BIOS, Kairos and Leap Micro GRUB
+//! layouts with their EFI chains and `$linux` idioms, Flatcar's ISOLINUX-only ISO), built from
+//! Debian's bootloaders around Debian's kernel and a busybox initrd that prints `/proc/cmdline`
+//! and the files of the volume with the OS's label (`beskar7_test::vm`).
 //!
-//! The emulator's fake driver offers two virtual media slots per system, under
-//! `Managers/<id>/VirtualMedia`: `Cd` (MediaTypes CD, DVD) and `Floppy` (MediaTypes Floppy,
-//! USBStick); its slot list comes from `SUSHY_EMULATOR_VMEDIA_DEVICES`, which the BMC lab does
-//! not set. So through the emulator the provider puts every config volume on the Floppy/USBStick
-//! slot as FAT, and the bridge attaches it as a USB stick. The config volume as a second CD
-//! cannot be reached through this emulator: the `cli_*_config_volume_as_cd` tests build those
-//! artifacts with `beskar7 media config --format iso` and `beskar7 media patch-iso` (the same
-//! `beskar7-boot` code the provider's artifact server uses) and boot them with the second CD on
-//! `ide.1`. They are labelled `cli_` for that reason.
+//! `provider_media_boot_in_vms` drives the provider end to end (real kube-apiserver with the
+//! CAPI managers, the sushy-tools emulator as BMCs, `beskar7 manager` as a process): one machine
+//! per OS, delivery recipe and firmware mode the OS supports (UEFI through OVMF, Legacy through
+//! SeaBIOS: `bootMode`), then boots each machine through the BMC-to-VM bridge
+//! (`beskar7_test::boot_bridge`): the images the emulator holds are downloaded from their
+//! inserted URLs (our artifact server) and booted as the slots and the boot override say. Two
+//! more machines: one whose BMC refuses the second virtual media device (a proxy answers 400 to
+//! that insert), which must provision with its configuration served by URL; one with Talos's
+//! Secure Boot ISO, which must end with a `SecureBootImage` condition and nothing inserted.
+//!
+//! The emulator's fake driver offers two slots per system, `Cd` and `Floppy` (USBStick), so
+//! config volumes go on the Floppy slot as FAT and the bridge attaches them as USB sticks. The
+//! config volume as a second CD, and the boot image attached as a USB disk (a BMC's virtual USB
+//! stick boots the GPT or MBR, not El Torito), are proven with the same `beskar7-boot` code
+//! through `beskar7 media` (the `cli_*` tests).
 //!
 //! Each boot's wall time is printed (`--nocapture` shows it).
 
@@ -28,16 +31,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use beskar7_api::{Beskar7Machine, HostState, PhysicalHost};
+use beskar7_api::{Beskar7Machine, ConfigDelivery, HostState, PhysicalHost};
+use beskar7_test::bmc_proxy::{Fault, FaultRule};
 use beskar7_test::boot_bridge::{self, BridgedBoot};
-use beskar7_test::vm::{self, BootKit, BootOutput, Firmware, IsoLayout, Medium, VmSpec};
-use beskar7_test::{BmcLab, ControlPlane, LabSystem, ManagerProcess as Manager};
+use beskar7_test::fixtures::{self, LAB_CA_SECRET};
+use beskar7_test::os_images::TALOS_CMDLINE_EXTRA;
+use beskar7_test::vm::{
+    self, BootDevice, BootKit, BootOutput, Firmware, IsoLayout, Medium, VmSpec,
+};
+use beskar7_test::{BmcLab, BmcProxy, ControlPlane, ManagerProcess as Manager};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use support::{create_cluster, create_machine};
 
 const NS: &str = "default";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
 fn kit() -> BootKit {
     BootKit::get().expect(
@@ -69,10 +77,6 @@ fn report(case: &str, out: &BootOutput) {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// Waiting and enrolment (the Cluster and Machines come from support, shared with
-// tests/provisioning.rs); the manager process is beskar7_test::ManagerProcess.
-
 /// Polls `f` until it returns `Some`, or panics with `what` and the manager's log.
 async fn eventually<T, F, Fut>(what: &str, timeout: Duration, manager: &Manager, mut f: F) -> T
 where
@@ -94,62 +98,6 @@ where
     }
 }
 
-/// A CA Secret, then a credentials Secret and a PhysicalHost per lab system (`server-NN`).
-async fn enroll_lab(client: &Client, lab: &BmcLab, labels: &[(&str, &str)]) -> Vec<String> {
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
-    let create = |v: serde_json::Value| {
-        serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(v).unwrap()
-    };
-    secrets
-        .create(&PostParams::default(), &create(serde_json::json!({"metadata": {"name": "bmc-lab-ca"}, "stringData": {"ca.crt": lab.ca_pem}})))
-        .await
-        .unwrap();
-    let labels: serde_json::Map<String, serde_json::Value> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
-        .collect();
-    let mut names = Vec::new();
-    for (i, s) in lab.systems.iter().enumerate() {
-        let name = format!("server-{i:02}");
-        enroll(client, &secrets, &name, s, &labels).await;
-        names.push(name);
-    }
-    names
-}
-
-async fn enroll(
-    client: &Client,
-    secrets: &Api<k8s_openapi::api::core::v1::Secret>,
-    name: &str,
-    s: &LabSystem,
-    labels: &serde_json::Map<String, serde_json::Value>,
-) {
-    let secret = serde_json::json!({"metadata": {"name": format!("{name}-bmc")}, "stringData": {"username": s.username, "password": s.password}});
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(secret).unwrap(),
-        )
-        .await
-        .unwrap();
-    let host: PhysicalHost = serde_json::from_value(serde_json::json!({
-        "apiVersion": beskar7_api::API_VERSION,
-        "kind": "PhysicalHost",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"redfishConnection": {
-            "address": s.address,
-            "credentialsSecretRef": format!("{name}-bmc"),
-            "systemId": s.system_id,
-            "caBundleSecretRef": "bmc-lab-ca",
-        }},
-    }))
-    .unwrap();
-    Api::<PhysicalHost>::namespaced(client.clone(), NS)
-        .create(&PostParams::default(), &host)
-        .await
-        .unwrap();
-}
-
 // ---------------------------------------------------------------------------------------------
 // End to end through the provider and the emulator.
 
@@ -158,94 +106,158 @@ struct Case {
     machine: &'static str,
     os: &'static str,
     mode: &'static str,
+    /// `UEFI` or `Legacy`.
+    boot_mode: &'static str,
     config_url: Option<&'static str>,
     /// Bootstrap Secret (value, format).
     bootstrap: (String, &'static str),
+    /// The host's BMC refuses a second virtual media device.
+    one_slot: bool,
 }
 
 const MARKER: &str = "beskar7-boot-proof-marker";
 
-fn cases() -> Vec<Case> {
-    let ign = format!(
+fn ignition() -> String {
+    format!(
         r#"{{"ignition":{{"version":"3.4.0"}},"storage":{{"files":[{{"path":"/etc/{MARKER}","contents":{{"source":"data:,{MARKER}"}}}}]}}}}"#
-    );
-    let cloud = format!("#cloud-config\nruncmd:\n  - echo {MARKER}\n");
-    let script = format!("#!/bin/sh\n# combustion: network\necho {MARKER}\n");
-    let talos = format!(
+    )
+}
+
+fn cloud_config() -> String {
+    format!("#cloud-config\nruncmd:\n  - echo {MARKER}\n")
+}
+
+fn talos_config() -> String {
+    format!(
         "version: v1alpha1\nmachine:\n  type: worker\n  token: {MARKER}\ncluster:\n  id: boot-proof\n"
-    );
+    )
+}
+
+fn cases() -> Vec<Case> {
+    let script = format!("#!/bin/sh\n# combustion: network\necho {MARKER}\n");
+    let case = |machine, os, mode, boot_mode, bootstrap: (String, &'static str)| Case {
+        machine,
+        os,
+        mode,
+        boot_mode,
+        config_url: None,
+        bootstrap,
+        one_slot: false,
+    };
+    let rc = |machine, os, url, bootstrap| Case {
+        config_url: Some(url),
+        ..case(machine, os, "RemoteConfig", "UEFI", bootstrap)
+    };
     vec![
+        case(
+            "kairos-bd",
+            "kairos",
+            "BootstrapData",
+            "UEFI",
+            (cloud_config(), "cloud-config"),
+        ),
+        case(
+            "kairos-bd-bios",
+            "kairos",
+            "BootstrapData",
+            "Legacy",
+            (cloud_config(), "cloud-config"),
+        ),
+        case(
+            "talos-bd",
+            "talos",
+            "BootstrapData",
+            "UEFI",
+            (talos_config(), "cloud-config"),
+        ),
+        case(
+            "talos-bd-bios",
+            "talos",
+            "BootstrapData",
+            "Legacy",
+            (talos_config(), "cloud-config"),
+        ),
+        case(
+            "leap-bd",
+            "LeapMicro",
+            "BootstrapData",
+            "UEFI",
+            (ignition(), "ignition"),
+        ),
+        case(
+            "leap-script-bd-bios",
+            "LeapMicro",
+            "BootstrapData",
+            "Legacy",
+            (script, "cloud-config"),
+        ),
+        case(
+            "flatcar-bd",
+            "flatcar",
+            "BootstrapData",
+            "UEFI",
+            (ignition(), "ignition"),
+        ),
+        case(
+            "flatcar-bd-bios",
+            "flatcar",
+            "BootstrapData",
+            "Legacy",
+            (ignition(), "ignition"),
+        ),
+        rc(
+            "kairos-rc",
+            "kairos",
+            "https://config.example.com/kairos.yaml",
+            (cloud_config(), "cloud-config"),
+        ),
+        rc(
+            "talos-rc",
+            "talos",
+            "https://config.example.com/talos.yaml",
+            (talos_config(), "cloud-config"),
+        ),
+        rc(
+            "leap-rc",
+            "LeapMicro",
+            "https://config.example.com/combustion",
+            (cloud_config(), "cloud-config"),
+        ),
+        rc(
+            "flatcar-rc",
+            "flatcar",
+            "https://config.example.com/flatcar.ign",
+            (ignition(), "ignition"),
+        ),
         Case {
-            machine: "kairos-bd",
-            os: "kairos",
-            mode: "BootstrapData",
-            config_url: None,
-            bootstrap: (cloud.clone(), "cloud-config"),
-        },
-        Case {
-            machine: "talos-bd",
-            os: "talos",
-            mode: "BootstrapData",
-            config_url: None,
-            bootstrap: (talos.clone(), "cloud-config"),
-        },
-        Case {
-            machine: "leap-bd",
-            os: "LeapMicro",
-            mode: "BootstrapData",
-            config_url: None,
-            bootstrap: (ign.clone(), "ignition"),
-        },
-        Case {
-            machine: "leap-script-bd",
-            os: "LeapMicro",
-            mode: "BootstrapData",
-            config_url: None,
-            bootstrap: (script, "cloud-config"),
-        },
-        Case {
-            machine: "flatcar-bd",
-            os: "flatcar",
-            mode: "BootstrapData",
-            config_url: None,
-            bootstrap: (ign.clone(), "ignition"),
-        },
-        Case {
-            machine: "kairos-rc",
-            os: "kairos",
-            mode: "RemoteConfig",
-            config_url: Some("https://config.example.com/kairos.yaml"),
-            bootstrap: (cloud.clone(), "cloud-config"),
-        },
-        Case {
-            machine: "talos-rc",
-            os: "talos",
-            mode: "RemoteConfig",
-            config_url: Some("https://config.example.com/talos.yaml"),
-            bootstrap: (talos, "cloud-config"),
-        },
-        Case {
-            machine: "leap-rc",
-            os: "LeapMicro",
-            mode: "RemoteConfig",
-            config_url: Some("https://config.example.com/combustion"),
-            bootstrap: (cloud, "cloud-config"),
-        },
-        Case {
-            machine: "flatcar-rc",
-            os: "flatcar",
-            mode: "RemoteConfig",
-            config_url: Some("https://config.example.com/flatcar.ign"),
-            bootstrap: (ign, "ignition"),
+            one_slot: true,
+            ..case(
+                "talos-one-slot",
+                "talos",
+                "BootstrapData",
+                "UEFI",
+                (talos_config(), "cloud-config"),
+            )
         },
     ]
 }
 
 fn layout_of(os: &str) -> IsoLayout {
     match os {
-        "kairos" | "LeapMicro" => IsoLayout::GrubEfiGrub2,
-        "talos" => IsoLayout::GrubEfiGrub,
-        _ => IsoLayout::Isolinux,
+        "kairos" => IsoLayout::Kairos,
+        "LeapMicro" => IsoLayout::LeapMicro,
+        "talos" => IsoLayout::TalosHybrid,
+        _ => IsoLayout::Flatcar,
+    }
+}
+
+/// How the case's configuration reaches the OS.
+fn delivery(case: &Case) -> ConfigDelivery {
+    match (case.mode, case.os) {
+        ("RemoteConfig", _) => ConfigDelivery::External,
+        (_, "flatcar") => ConfigDelivery::Url,
+        _ if case.one_slot => ConfigDelivery::Url,
+        _ => ConfigDelivery::Volume,
     }
 }
 
@@ -332,6 +344,43 @@ fn check_volume(case: &Case, b: &BridgedBoot, provider_id: &str) {
     }
 }
 
+/// Which bootloader started the kernel, from what it leaves on the command line: GRUB and
+/// ISOLINUX add `BOOT_IMAGE=`; systemd-boot starting a UKI adds nothing; Beskar7's UEFI loader
+/// passes `initrd=\path`.
+fn check_loader(case: &Case, out: &BootOutput, firmware: Firmware) {
+    let m = case.machine;
+    let args = out.kernel_args();
+    let boot_image = args.iter().any(|a| a.starts_with("BOOT_IMAGE="));
+    match (case.os, firmware) {
+        ("talos", Firmware::Uefi) => {
+            assert!(
+                !boot_image,
+                "{m}: booted by systemd-boot, not GRUB: {args:?}"
+            );
+            // The loader entry repeats the UKI's own arguments.
+            for a in TALOS_CMDLINE_EXTRA.split_whitespace() {
+                assert_arg(out, a, m);
+            }
+        }
+        ("flatcar", Firmware::Uefi) => {
+            assert_arg(out, "initrd=\\flatcar\\cpio.gz", m);
+            assert!(!boot_image, "{m}: {args:?}");
+        }
+        _ => assert!(boot_image, "{m}: GRUB/ISOLINUX names the kernel: {args:?}"),
+    }
+}
+
+/// The served config document named on the command line by `prefix`, fetched as the OS would.
+async fn served_config(out: &BootOutput, prefix: &str, artifacts: &str, m: &str) -> String {
+    let url = out
+        .kernel_args()
+        .into_iter()
+        .find_map(|a| a.strip_prefix(prefix).map(str::to_string))
+        .unwrap_or_else(|| panic!("{m}: no {prefix}: {:?}", out.cmdline()));
+    assert!(url.starts_with(artifacts), "{m}: {url}");
+    reqwest::get(&url).await.unwrap().text().await.unwrap()
+}
+
 async fn check_case(case: &Case, b: &BridgedBoot, provider_id: &str, artifacts: &str) {
     let out = &b.output;
     let m = case.machine;
@@ -346,24 +395,23 @@ async fn check_case(case: &Case, b: &BridgedBoot, provider_id: &str, artifacts: 
         "{m}: boot image not from our artifact server: {}",
         b.boot_image.url
     );
-    let legacy = case.os == "flatcar";
-    assert_eq!(
-        b.firmware,
-        if legacy {
-            Firmware::Legacy
-        } else {
-            Firmware::Uefi
-        },
-        "{m}: {:?}",
-        b.view
-    );
+    let firmware = if case.boot_mode == "Legacy" {
+        Firmware::Legacy
+    } else {
+        Firmware::Uefi
+    };
+    assert_eq!(b.firmware, firmware, "{m}: {:?}", b.view);
+    check_loader(case, out, firmware);
     match (case.os, case.mode) {
         (_, "RemoteConfig") => {
             let url = case.config_url.unwrap();
             let args: Vec<String> = match case.os {
                 "kairos" => vec![format!("config_url={url}")],
                 "talos" => vec![format!("talos.config={url}")],
-                "LeapMicro" => vec![format!("combustion.url={url}")],
+                "LeapMicro" => vec![
+                    format!("combustion.url={url}"),
+                    beskar7_boot::os::LEAP_MICRO_PASS_BOOT_PARAMS.into(),
+                ],
                 _ => vec![
                     format!("ignition.config.url={url}"),
                     "flatcar.first_boot=1".into(),
@@ -380,21 +428,24 @@ async fn check_case(case: &Case, b: &BridgedBoot, provider_id: &str, artifacts: 
         }
         ("flatcar", _) => {
             // Flatcar reads no volume: the rendered Ignition is served and the URL baked in.
-            let url = out
-                .kernel_args()
-                .into_iter()
-                .find_map(|a| a.strip_prefix("ignition.config.url=").map(str::to_string))
-                .unwrap_or_else(|| panic!("{m}: no ignition.config.url: {:?}", out.cmdline()));
-            assert!(url.starts_with(artifacts), "{m}: {url}");
-            assert_arg(out, "flatcar.first_boot=1", m);
-            // No volume to carry meta-data: the providerID rides on the command line.
-            assert_arg(out, &format!("beskar7.provider_id={provider_id}"), m);
-            let served = reqwest::get(&url).await.unwrap().text().await.unwrap();
+            let served = served_config(out, "ignition.config.url=", artifacts, m).await;
             assert!(
                 served.contains(MARKER),
                 "{m}: the URL on the kernel command line serves the bootstrap Ignition: {served}"
             );
+            assert_arg(out, "flatcar.first_boot=1", m);
+            // No volume to carry meta-data: the providerID rides on the command line.
+            assert_arg(out, &format!("beskar7.provider_id={provider_id}"), m);
             assert!(b.config_images.is_empty(), "{m}: {:?}", b.view);
+        }
+        ("talos", _) if case.one_slot => {
+            let served = served_config(out, "talos.config=", artifacts, m).await;
+            assert!(served.contains(MARKER), "{m}: {served}");
+            assert!(
+                b.config_images.is_empty() && out.volumes().is_empty(),
+                "{m}: after the refusal nothing is in the second slot: {:?}",
+                b.view
+            );
         }
         _ => {
             if case.os == "talos" {
@@ -403,6 +454,25 @@ async fn check_case(case: &Case, b: &BridgedBoot, provider_id: &str, artifacts: 
             check_volume(case, b, provider_id);
         }
     }
+}
+
+async fn create_secret(client: &Client, name: &str, value: &str, format: &str) {
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "stringData": {"value": value, "format": format},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn host_of(machines: &Api<Beskar7Machine>, machine: &str) -> Option<String> {
+    let m = machines.get(machine).await.ok()?;
+    Some(m.status?.host_ref?.name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,34 +485,78 @@ async fn provider_media_boot_in_vms() {
         .start()
         .await
         .expect("control plane with CAPI");
-    let lab = BmcLab::start(cases.len()).await.expect("BMC lab");
+    // One system per case, and one for the Secure Boot image.
+    let lab = BmcLab::start(cases.len() + 1).await.expect("BMC lab");
     let client = cp.client();
     let work = tempfile::tempdir().unwrap();
 
     let mut images = std::collections::HashMap::new();
     for layout in IsoLayout::ALL {
         let bytes = std::fs::read(kit.iso(layout)).unwrap();
-        images.insert(
-            layout,
-            lab.add_image(&format!("{layout:?}.iso"), &bytes).unwrap(),
-        );
+        images.insert(layout, lab.add_image(layout.file_name(), &bytes).unwrap());
     }
     // The manager's webhooks are off (--webhook-port=0 is ManagerProcess's default).
     let manager = Manager::start(Path::new(env!("CARGO_BIN_EXE_beskar7")), &cp, &[])
         .expect("start beskar7 manager");
-    let hosts = enroll_lab(&client, &lab, &[("role", "boot-proof")]).await;
+    // Hosts: server-NN for the ordinary cases (role boot-proof), one behind a proxy that refuses
+    // the second insert (role one-slot), one for the Secure Boot image (role secure-boot).
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": LAB_CA_SECRET},
+                "stringData": {"ca.crt": lab.ca_pem},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut proxy = None;
+    let mut hosts = Vec::new();
+    for (i, s) in lab.systems.iter().enumerate() {
+        let name = format!("server-{i:02}");
+        let role = if i == cases.len() {
+            "secure-boot"
+        } else if cases[i].one_slot {
+            "one-slot"
+        } else {
+            "boot-proof"
+        };
+        if role == "one-slot" {
+            let p = BmcProxy::start(&lab).await.expect("proxy");
+            // The BMC takes one virtual media device at a time: inserting into the second slot
+            // is refused, as iDRAC refuses it (Metal3 keeps to one device on Dell).
+            p.inject(
+                FaultRule::always(Fault::Status(400))
+                    .method("POST")
+                    .path_contains("Floppy/Actions/VirtualMedia.InsertMedia"),
+            );
+            fixtures::enroll_via_proxy(&client, NS, &name, s, &p, &[("role", role)])
+                .await
+                .unwrap();
+            proxy = Some(p);
+        } else {
+            fixtures::enroll(
+                &client,
+                NS,
+                &name,
+                s,
+                Some(LAB_CA_SECRET),
+                &[("role", role)],
+            )
+            .await
+            .unwrap();
+        }
+        hosts.push(name);
+    }
+    let host_api = Api::<PhysicalHost>::namespaced(client.clone(), NS);
     for h in &hosts {
         eventually(
             &format!("{h} Available"),
             Duration::from_secs(120),
             &manager,
             || async {
-                let st = Api::<PhysicalHost>::namespaced(client.clone(), NS)
-                    .get(h)
-                    .await
-                    .ok()?
-                    .status?
-                    .state;
+                let st = host_api.get(h).await.ok()?.status?.state;
                 (st == Some(HostState::Available)).then_some(())
             },
         )
@@ -450,31 +564,43 @@ async fn provider_media_boot_in_vms() {
     }
 
     create_cluster(&client, NS, "proof").await;
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
     for c in &cases {
         let secret = format!("{}-bootstrap", c.machine);
-        secrets
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": secret},
-                    "stringData": {"value": c.bootstrap.0, "format": c.bootstrap.1},
-                }))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
+        create_secret(&client, &secret, &c.bootstrap.0, c.bootstrap.1).await;
+        let role = if c.one_slot { "one-slot" } else { "boot-proof" };
         let mut spec = serde_json::json!({
             "osFamily": c.os,
             "imageURL": images[&layout_of(c.os)],
             "provisioningMode": c.mode,
-            "hostSelector": {"matchLabels": {"role": "boot-proof"}},
+            "bootMode": c.boot_mode,
+            "hostSelector": {"matchLabels": {"role": role}},
         });
         if let Some(u) = c.config_url {
             spec["configURL"] = serde_json::json!(u);
         }
         create_machine(&client, NS, "proof", c.machine, spec, &secret).await;
     }
+    create_secret(
+        &client,
+        "talos-sb-bootstrap",
+        &talos_config(),
+        "cloud-config",
+    )
+    .await;
+    create_machine(
+        &client,
+        NS,
+        "proof",
+        "talos-sb",
+        serde_json::json!({
+            "osFamily": "talos",
+            "imageURL": images[&IsoLayout::TalosSecureBoot],
+            "provisioningMode": "BootstrapData",
+            "hostSelector": {"matchLabels": {"role": "secure-boot"}},
+        }),
+        "talos-sb-bootstrap",
+    )
+    .await;
 
     let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);
     let provision_started = Instant::now();
@@ -482,7 +608,7 @@ async fn provider_media_boot_in_vms() {
     for c in &cases {
         let m = eventually(
             &format!("{} provisioned", c.machine),
-            Duration::from_secs(300),
+            Duration::from_secs(420),
             &manager,
             || async {
                 let m = machines.get(c.machine).await.ok()?;
@@ -507,6 +633,13 @@ async fn provider_media_boot_in_vms() {
             .clone();
         let provider_id = m.spec.provider_id.clone().unwrap();
         assert_eq!(provider_id, format!("beskar7://{NS}/{host}"));
+        let h = host_api.get(&host).await.unwrap();
+        assert_eq!(
+            h.status.as_ref().unwrap().config_delivery,
+            Some(delivery(c)),
+            "{}: status.configDelivery",
+            c.machine
+        );
         placed.push((host, provider_id));
     }
     eprintln!(
@@ -514,13 +647,55 @@ async fn provider_media_boot_in_vms() {
         cases.len(),
         provision_started.elapsed().as_secs_f64()
     );
+    // The one-slot BMC was asked for the second device and refused it; the refusal was seen.
+    let p = proxy.expect("one-slot proxy");
+    assert!(
+        p.requests().iter().any(
+            |r| r.path.contains("Floppy/Actions/VirtualMedia.InsertMedia") && r.fault.is_some()
+        ),
+        "the second insert was tried and refused"
+    );
+    let one_slot_host = host_of(&machines, "talos-one-slot").await.unwrap();
+    let h = host_api.get(&one_slot_host).await.unwrap();
+    let vm_cond = h
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "VirtualMediaReady")
+        .cloned()
+        .unwrap();
+    assert_eq!(vm_cond.reason, "SecondMediaRefused", "{vm_cond:?}");
+
+    // Secure Boot image: a condition that says what to do, and nothing inserted.
+    let sb_host = hosts[cases.len()].clone();
+    let cond = eventually(
+        "the Secure Boot host's SecureBootImage condition",
+        Duration::from_secs(180),
+        &manager,
+        || async {
+            let h = host_api.get(&sb_host).await.ok()?;
+            h.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready" && c.reason == "SecureBootImage")
+        },
+    )
+    .await;
+    assert!(cond.message.contains("Image Factory"), "{cond:?}");
+    let view = boot_bridge::read_bmc(&lab.systems[cases.len()], &lab.ca_pem)
+        .await
+        .unwrap();
+    assert_eq!(view.inserted().count(), 0, "nothing inserted: {view:?}");
+    assert_ne!(view.power.as_deref(), Some("On"), "not booted: {view:?}");
 
     // Boot each machine's BMC state in a VM, one after the other.
     let mut results = Vec::new();
     for (c, (host, provider_id)) in cases.iter().zip(&placed) {
         let i = hosts.iter().position(|h| h == host).unwrap();
         let system = &lab.systems[i];
-        let name = format!("{}-{}-{}", c.os, c.mode, c.machine);
+        let name = format!("{}-{}-{}-{}", c.os, c.mode, c.boot_mode, c.machine);
         let dir = work.path().join(c.machine);
         let result = match boot_bridge::boot_from_bmc(system, &lab.ca_pem, &dir, BOOT_TIMEOUT).await
         {
@@ -567,14 +742,19 @@ async fn provider_media_boot_in_vms() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Config volume as a second CD: not offered by the emulator (see the module docs), so the same
-// artifacts are made with the `beskar7 media` CLI and booted directly.
+// The same `beskar7-boot` code through `beskar7 media`, booted directly: the config volume as a
+// second CD (the emulator offers no second CD slot), boot images attached as USB disks, and
+// installer layouts the OS profiles do not use.
 
-fn beskar7(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_beskar7"))
+fn beskar7(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_beskar7"))
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn beskar7_ok(args: &[&str]) {
+    let out = beskar7(args);
     assert!(
         out.status.success(),
         "beskar7 {args:?}: {}",
@@ -582,65 +762,64 @@ fn beskar7(args: &[&str]) {
     );
 }
 
-fn cli_case(
-    os: &str,
-    bootstrap: &str,
-    layout: IsoLayout,
-    kernel_args: Option<&str>,
-) -> (BootOutput, tempfile::TempDir) {
-    let kit = kit();
-    let work = tempfile::tempdir().unwrap();
-    let p = |n: &str| -> PathBuf { work.path().join(n) };
-    std::fs::write(p("bootstrap"), bootstrap).unwrap();
-    let host = format!("{}-host", os.to_lowercase());
-    let provider_id = format!("beskar7://{NS}/{host}");
-    beskar7(&[
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `layout` patched with `kernel_args` by `beskar7 media patch-iso`.
+fn patched(layout: IsoLayout, kernel_args: &str, extra: &[&str], dir: &Path) -> PathBuf {
+    let out = dir.join("boot.iso");
+    let src = kit().iso(layout);
+    let mut a = vec![
+        "media",
+        "patch-iso",
+        "--in",
+        s(&src),
+        "--kernel-args",
+        kernel_args,
+        "-o",
+        s(&out),
+    ];
+    a.extend_from_slice(extra);
+    beskar7_ok(&a);
+    out
+}
+
+/// A config volume for `os` as an ISO, by `beskar7 media config`.
+fn config_cd(os: &str, bootstrap: &str, host: &str, dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("bootstrap"), bootstrap).unwrap();
+    let out = dir.join("config.iso");
+    beskar7_ok(&[
         "media",
         "config",
         "--os",
         os,
         "--user-data",
-        s(&p("bootstrap")),
+        s(&dir.join("bootstrap")),
         "--format",
         "iso",
         "--meta-data",
-        &format!("provider-id={provider_id}"),
+        &format!("provider-id=beskar7://{NS}/{host}"),
         "--meta-data",
         &format!("local-hostname={host}"),
         "-o",
-        s(&p("config.iso")),
+        s(&out),
     ]);
-    let boot_iso = match kernel_args {
-        Some(args) => {
-            beskar7(&[
-                "media",
-                "patch-iso",
-                "--in",
-                s(&kit.iso(layout)),
-                "--kernel-args",
-                args,
-                "-o",
-                s(&p("boot.iso")),
-            ]);
-            p("boot.iso")
-        }
-        None => kit.iso(layout),
-    };
-    let mut spec =
-        VmSpec::new(Firmware::Uefi, boot_iso, p("vm")).with_volume(Medium::Cd(p("config.iso")));
-    spec.timeout = BOOT_TIMEOUT;
-    let out = vm::boot(&spec).unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(
-        out.insmod_failures().is_empty(),
-        "{:?}",
-        out.insmod_failures()
-    );
-    assert_base_args(&out, os);
-    (out, work)
+    out
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+fn boot(spec: VmSpec, case: &str) -> BootOutput {
+    let mut spec = spec;
+    spec.timeout = BOOT_TIMEOUT;
+    let out = vm::boot(&spec).unwrap_or_else(|e| panic!("{case}: {e:#}"));
+    report(case, &out);
+    assert!(
+        out.insmod_failures().is_empty(),
+        "{case}: {:?}",
+        out.insmod_failures()
+    );
+    assert_base_args(&out, case);
+    out
 }
 
 fn check_cd_volume(out: &BootOutput, label: &str, host: &str) -> vm::VolumeSeen {
@@ -658,42 +837,138 @@ fn check_cd_volume(out: &BootOutput, label: &str, host: &str) -> vm::VolumeSeen 
 
 #[test]
 fn cli_kairos_config_volume_as_cd() {
-    let (out, _w) = cli_case(
-        "kairos",
-        &format!("#cloud-config\nruncmd:\n  - echo {MARKER}\n"),
-        IsoLayout::GrubEfiGrub2,
-        None,
-    );
-    report("cli kairos BootstrapData config-volume-as-cd", &out);
+    let w = tempfile::tempdir().unwrap();
+    let cd = config_cd("kairos", &cloud_config(), "kairos-host", w.path());
+    // Kairos reads the volume by label: its ISO is inserted as it is.
+    let spec = VmSpec::new(
+        Firmware::Uefi,
+        kit().iso(IsoLayout::Kairos),
+        w.path().join("vm"),
+    )
+    .with_volume(Medium::Cd(cd));
+    let out = boot(spec, "cli kairos config-volume-as-cd UEFI");
     let v = check_cd_volume(&out, "cidata", "kairos-host");
-    assert!(
-        v.files["user-data"].starts_with("#cloud-config") && v.files["user-data"].contains(MARKER),
-        "{v:?}"
-    );
+    assert!(v.files["user-data"].contains(MARKER), "{v:?}");
 }
 
 #[test]
-fn cli_talos_config_volume_as_cd() {
-    let (out, _w) = cli_case(
-        "talos",
-        &format!("version: v1alpha1\nmachine:\n  type: worker\n  token: {MARKER}\n"),
-        IsoLayout::GrubEfiGrub,
-        Some("talos.config=metal-iso"),
+fn cli_talos_config_volume_as_cd_uefi_cd_and_usb_disk() {
+    let w = tempfile::tempdir().unwrap();
+    let iso = patched(
+        IsoLayout::TalosHybrid,
+        "talos.config=metal-iso",
+        &[],
+        w.path(),
     );
-    report("cli talos BootstrapData config-volume-as-cd", &out);
-    assert_arg(&out, "talos.config=metal-iso", "talos");
-    let v = check_cd_volume(&out, "metal-iso", "talos-host");
-    assert!(v.files["config.yaml"].contains(MARKER), "{v:?}");
+    let cd = config_cd("talos", &talos_config(), "talos-host", w.path());
+    for device in [BootDevice::Cd, BootDevice::UsbDisk] {
+        let mut spec = VmSpec::new(
+            Firmware::Uefi,
+            &iso,
+            w.path().join(format!("vm-{device:?}")),
+        )
+        .with_volume(Medium::Cd(cd.clone()));
+        spec.boot_device = device;
+        let case = format!("cli talos config-volume-as-cd UEFI {device:?}");
+        let out = boot(spec, &case);
+        assert_arg(&out, "talos.config=metal-iso", &case);
+        assert!(
+            !out.kernel_args()
+                .iter()
+                .any(|a| a.starts_with("BOOT_IMAGE=")),
+            "{case}: systemd-boot, not GRUB"
+        );
+        let v = check_cd_volume(&out, "metal-iso", "talos-host");
+        assert!(v.files["config.yaml"].contains(MARKER), "{v:?}");
+    }
+    // The same image as a CD in BIOS mode: GRUB.
+    let spec =
+        VmSpec::new(Firmware::Legacy, &iso, w.path().join("vm-bios")).with_volume(Medium::Cd(cd));
+    let out = boot(spec, "cli talos BIOS CD");
+    assert_arg(&out, "talos.config=metal-iso", "talos BIOS");
+    assert_arg(&out, "BOOT_IMAGE=/boot/vmlinuz", "talos BIOS");
 }
 
 #[test]
 fn cli_leapmicro_config_volume_as_cd() {
-    let ign = format!(
-        r#"{{"ignition":{{"version":"3.4.0"}},"storage":{{"files":[{{"path":"/etc/m","contents":{{"source":"data:,{MARKER}"}}}}]}}}}"#
-    );
-    let (out, _w) = cli_case("LeapMicro", &ign, IsoLayout::GrubEfiGrub2, None);
-    report("cli LeapMicro BootstrapData config-volume-as-cd", &out);
+    let w = tempfile::tempdir().unwrap();
+    let ign = ignition();
+    let cd = config_cd("LeapMicro", &ign, "leapmicro-host", w.path());
+    let spec = VmSpec::new(
+        Firmware::Uefi,
+        kit().iso(IsoLayout::LeapMicro),
+        w.path().join("vm"),
+    )
+    .with_volume(Medium::Cd(cd));
+    let out = boot(spec, "cli LeapMicro config-volume-as-cd UEFI");
     // Leap Micro reads Ignition from a volume labelled `ignition` (Combustion scripts: `combustion`).
     let v = check_cd_volume(&out, "ignition", "leapmicro-host");
     assert!(v.files["ignition/config.ign"].contains(MARKER), "{v:?}");
+}
+
+#[test]
+fn cli_flatcar_uefi_path_as_usb_disk() {
+    let w = tempfile::tempdir().unwrap();
+    let args = "ignition.config.url=http://10.0.0.1/t/config flatcar.first_boot=1";
+    let iso = patched(IsoLayout::Flatcar, args, &["--add-uefi-path"], w.path());
+    let mut spec = VmSpec::new(Firmware::Uefi, &iso, w.path().join("vm"));
+    spec.boot_device = BootDevice::UsbDisk;
+    let out = boot(spec, "cli flatcar UEFI USB disk");
+    for a in args.split_whitespace() {
+        assert_arg(&out, a, "flatcar UEFI USB disk");
+    }
+    assert_arg(&out, "initrd=\\flatcar\\cpio.gz", "flatcar UEFI USB disk");
+}
+
+#[test]
+fn cli_debian_mini_isolinux_includes_bios() {
+    let w = tempfile::tempdir().unwrap();
+    let iso = patched(IsoLayout::DebianMini, "b7.marker=mini", &[], w.path());
+    let out = boot(
+        VmSpec::new(Firmware::Legacy, &iso, w.path().join("vm")),
+        "cli debian mini.iso BIOS",
+    );
+    assert_arg(&out, "b7.marker=mini", "debian mini");
+}
+
+#[test]
+fn cli_grub_mkrescue_grown_image_boots_both_firmwares() {
+    // The patch grows this image (no zero padding inside its partitions): BIOS GRUB reads the
+    // CD in 32 KiB blocks, so the end must be padded.
+    let w = tempfile::tempdir().unwrap();
+    let iso = patched(IsoLayout::GrubMkrescue, "b7.marker=grown", &[], w.path());
+    let src = std::fs::metadata(kit().iso(IsoLayout::GrubMkrescue))
+        .unwrap()
+        .len();
+    assert!(std::fs::metadata(&iso).unwrap().len() > src);
+    for fw in [Firmware::Legacy, Firmware::Uefi] {
+        let out = boot(
+            VmSpec::new(fw, &iso, w.path().join(format!("vm-{fw:?}"))),
+            &format!("cli grub-mkrescue grown {fw:?} CD"),
+        );
+        assert_arg(&out, "b7.marker=grown", "grub-mkrescue");
+    }
+}
+
+#[test]
+fn cli_secure_boot_image_is_refused_with_what_to_do() {
+    let w = tempfile::tempdir().unwrap();
+    let src = kit().iso(IsoLayout::TalosSecureBoot);
+    let out = beskar7(&[
+        "media",
+        "patch-iso",
+        "--in",
+        s(&src),
+        "--kernel-args",
+        "talos.config=metal-iso",
+        "-o",
+        s(&w.path().join("x.iso")),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Secure Boot") && err.contains("Image Factory"),
+        "{err}"
+    );
+    assert!(!w.path().join("x.iso").exists(), "nothing written");
 }

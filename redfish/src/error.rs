@@ -25,6 +25,11 @@ pub enum Error {
     /// The BMC answered something we cannot use (bad JSON, an error status with its message).
     #[error("Redfish protocol error: {0}")]
     Protocol(String),
+    /// The BMC understood a change and refused it (400, 409 or 422 to a POST, PATCH or DELETE):
+    /// asking again the same way gets the same answer. E.g. a second virtual media device on a
+    /// BMC that takes one at a time.
+    #[error("refused by the BMC: {0}")]
+    Refused(String),
     /// Bad configuration on our side (address, CA bundle, several systems without an id).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -46,6 +51,7 @@ impl Error {
             Error::NotSupported(_) => "RedfishFeatureNotSupported",
             Error::BmcBusy(_) => "BMCBusy",
             Error::Protocol(_) => "RedfishProtocolError",
+            Error::Refused(_) => "RedfishRequestRefused",
             Error::Config(_) => "InvalidBMCConfiguration",
             Error::ResponseTooLarge { .. } => "RedfishResponseTooLarge",
         }
@@ -93,6 +99,7 @@ pub(crate) fn from_status(method: &str, path: &str, status: u16, body: &[u8]) ->
         404 => Error::NotFound(what),
         405 | 501 => Error::NotSupported(what),
         429 | 503 => Error::BmcBusy(what),
+        400 | 409 | 422 if method != "GET" => Error::Refused(what),
         _ => Error::Protocol(what),
     }
 }

@@ -41,6 +41,7 @@ mod control_plane;
 pub mod fake_bmc;
 pub mod fixtures;
 pub mod manager;
+pub mod os_images;
 mod process;
 pub mod testbin;
 pub mod vm;

@@ -16,15 +16,10 @@
 //!   (`opt/beskar7/volumes`, read from `/sys/firmware/qemu_fw_cfg` in the guest), so a boot
 //!   without a config volume does not wait for one, and a USB stick that enumerates late is
 //!   still found.
-//! - [`IsoLayout`] gives the three bootloader layouts of the supported OSes: GRUB EFI
-//!   (`grub-mkrescue`) with the config at `/boot/grub2/grub.cfg` (Kairos, Leap Micro) or at
-//!   `/boot/grub/grub.cfg` (Talos), and an ISOLINUX (BIOS) ISO as Flatcar ships.
-//!   `grub-mkrescue`'s embedded EFI config always loads `($root)/boot/grub/grub.cfg`; real
-//!   Kairos and Leap Micro ISOs carry their own EFI image whose config goes on to
-//!   `/boot/grub2/grub.cfg`. To get the same effect the `/boot/grub2` layout gets a
-//!   `/boot/grub/grub.cfg` holding only `configfile /boot/grub2/grub.cfg`: it has no kernel
-//!   line, so the provider's patcher leaves it alone and the arguments that reach the kernel
-//!   are the ones it appended to `/boot/grub2/grub.cfg`.
+//! - [`IsoLayout`] ([`crate::os_images`]) gives the boot layouts of the supported OSes' own ISOs
+//!   (Talos's hybrid with systemd-boot, Kairos, Leap Micro SelfInstall, Flatcar) and of two more
+//!   (Debian's mini.iso, plain grub-mkrescue), built with the real tools around this kernel and
+//!   initrd. [`VmSpec::boot_device`] boots one as a CD (El Torito) or as a USB disk (its GPT/MBR).
 //! - Kernel, initrd and ISOs are cached under `~/.cache/beskar7/boot-proof/<key>/`
 //!   (`$BESKAR7_BOOT_PROOF_CACHE` overrides the base), keyed by the kernel, busybox, the init
 //!   script and the layouts, built once under a file lock.
@@ -49,8 +44,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub use crate::os_images::IsoLayout;
+
 /// Bumped when the way artifacts are built changes, so old caches are not reused.
-const CACHE_VERSION: &str = "boot-proof-v2";
+const CACHE_VERSION: &str = "boot-proof-v3";
 
 /// Labels of the config volumes the supported OSes read (`boot::OsFamily::volume_label`, and
 /// `ignition` which Leap Micro also reads). The guest looks for each, lower and upper case.
@@ -150,54 +147,6 @@ done < /tmp/volumes
 echo "B7:DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
 "#;
-
-/// Bootloader layout of a test ISO, as the real OS ISOs have it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IsoLayout {
-    /// GRUB EFI (`grub-mkrescue`), config at `/boot/grub2/grub.cfg`: Kairos, Leap Micro.
-    GrubEfiGrub2,
-    /// GRUB EFI (`grub-mkrescue`), config at `/boot/grub/grub.cfg`: Talos.
-    GrubEfiGrub,
-    /// ISOLINUX (BIOS only), config at `/isolinux/isolinux.cfg`: Flatcar.
-    Isolinux,
-}
-
-impl IsoLayout {
-    pub const ALL: [IsoLayout; 3] = [Self::GrubEfiGrub2, Self::GrubEfiGrub, Self::Isolinux];
-
-    fn file_name(self) -> &'static str {
-        match self {
-            Self::GrubEfiGrub2 => "grub2-efi.iso",
-            Self::GrubEfiGrub => "grub-efi.iso",
-            Self::Isolinux => "isolinux.iso",
-        }
-    }
-
-    /// Path of the bootloader config that carries the kernel line.
-    pub fn config_path(self) -> &'static str {
-        match self {
-            Self::GrubEfiGrub2 => "/boot/grub2/grub.cfg",
-            Self::GrubEfiGrub => "/boot/grub/grub.cfg",
-            Self::Isolinux => "/isolinux/isolinux.cfg",
-        }
-    }
-
-    /// The firmware the ISO boots with: ISOLINUX is BIOS only.
-    pub fn firmware(self) -> Firmware {
-        match self {
-            Self::Isolinux => Firmware::Legacy,
-            _ => Firmware::Uefi,
-        }
-    }
-
-    fn volume_id(self) -> &'static str {
-        match self {
-            Self::GrubEfiGrub2 => "B7_GRUB2_EFI",
-            Self::GrubEfiGrub => "B7_GRUB_EFI",
-            Self::Isolinux => "B7_ISOLINUX",
-        }
-    }
-}
 
 /// The test kernel, initrd and ISOs, built once and cached.
 #[derive(Clone, Debug)]
@@ -431,106 +380,6 @@ impl Cpio {
     }
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("run {what} (Debian packages: make debs)"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn grub_cfg(os_name: &str) -> String {
-    format!(
-        "set timeout=0\nset default=0\nmenuentry 'Beskar7 boot-proof test OS ({os_name})' {{\n  \
-         linux /boot/vmlinuz {BASE_KERNEL_ARGS}\n  initrd /boot/initrd\n}}\n"
-    )
-}
-
-fn build_iso(
-    layout: IsoLayout,
-    kernel: &Path,
-    initrd: &Path,
-    work: &Path,
-    out: &Path,
-) -> Result<()> {
-    let root = work.join(format!("root-{}", layout.file_name()));
-    std::fs::create_dir_all(root.join("boot"))?;
-    std::fs::copy(kernel, root.join("boot/vmlinuz")).context("copy kernel")?;
-    std::fs::copy(initrd, root.join("boot/initrd")).context("copy initrd")?;
-    match layout {
-        IsoLayout::GrubEfiGrub2 | IsoLayout::GrubEfiGrub => {
-            std::fs::create_dir_all(root.join("boot/grub"))?;
-            if layout == IsoLayout::GrubEfiGrub2 {
-                std::fs::create_dir_all(root.join("boot/grub2"))?;
-                std::fs::write(root.join("boot/grub2/grub.cfg"), grub_cfg("grub2 layout"))?;
-                std::fs::write(
-                    root.join("boot/grub/grub.cfg"),
-                    "# grub-mkrescue's EFI image loads this file; the OS's config is in /boot/grub2\nconfigfile /boot/grub2/grub.cfg\n",
-                )?;
-            } else {
-                std::fs::write(root.join("boot/grub/grub.cfg"), grub_cfg("grub layout"))?;
-            }
-            run(
-                Command::new("grub-mkrescue")
-                    .arg("-o")
-                    .arg(out)
-                    .arg(&root)
-                    .args(["--", "-volid", layout.volume_id()]),
-                "grub-mkrescue (grub-efi-amd64-bin, grub-pc-bin, xorriso, mtools)",
-            )?;
-        }
-        IsoLayout::Isolinux => {
-            let iso = root.join("isolinux");
-            std::fs::create_dir_all(&iso)?;
-            std::fs::copy("/usr/lib/ISOLINUX/isolinux.bin", iso.join("isolinux.bin"))
-                .context("copy /usr/lib/ISOLINUX/isolinux.bin (Debian package isolinux)")?;
-            std::fs::copy(
-                "/usr/lib/syslinux/modules/bios/ldlinux.c32",
-                iso.join("ldlinux.c32"),
-            )
-            .context("copy ldlinux.c32 (Debian package syslinux-common)")?;
-            std::fs::write(
-                iso.join("isolinux.cfg"),
-                format!(
-                    "serial 0 115200\ndefault b7\nprompt 0\ntimeout 0\n\nlabel b7\n  menu label Beskar7 boot-proof test OS (isolinux layout)\n  \
-                     kernel /boot/vmlinuz\n  append initrd=/boot/initrd {BASE_KERNEL_ARGS}\n"
-                ),
-            )?;
-            run(
-                Command::new("xorriso")
-                    .args([
-                        "-as",
-                        "mkisofs",
-                        "-quiet",
-                        "-R",
-                        "-J",
-                        "-V",
-                        layout.volume_id(),
-                    ])
-                    .args(["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat"])
-                    .args([
-                        "-no-emul-boot",
-                        "-boot-load-size",
-                        "4",
-                        "-boot-info-table",
-                        "-o",
-                    ])
-                    .arg(out)
-                    .arg(&root),
-                "xorriso",
-            )?;
-        }
-    }
-    Ok(())
-}
-
 fn build_kit() -> Result<BootKit> {
     let (kernel, release) = find_kernel()?;
     let busybox = PathBuf::from(
@@ -562,6 +411,7 @@ fn build_kit() -> Result<BootKit> {
     fnv1a(&mut h, init.as_bytes());
     fnv1a(&mut h, modules.join(",").as_bytes());
     fnv1a(&mut h, BASE_KERNEL_ARGS.as_bytes());
+    fnv1a(&mut h, include_str!("os_images.rs").as_bytes());
     let base = cache_base()?;
     std::fs::create_dir_all(&base).with_context(|| format!("mkdir {}", base.display()))?;
     let dir = base.join(format!("{release}-{:016x}", h));
@@ -644,15 +494,31 @@ fn build_kit() -> Result<BootKit> {
     std::fs::copy(&kernel, t.join("vmlinuz"))
         .with_context(|| format!("copy {}", kernel.display()))?;
     for layout in IsoLayout::ALL {
-        build_iso(
+        crate::os_images::build(
             layout,
             &t.join("vmlinuz"),
             &t.join("initrd"),
             t,
             &t.join(layout.file_name()),
-        )
-        .with_context(|| format!("building the {layout:?} test ISO"))?;
+        )?;
         std::fs::remove_dir_all(t.join(format!("root-{}", layout.file_name()))).ok();
+    }
+    // Keep only what tests use (the scratch FAT images and trees are tens of MiB).
+    let keep: Vec<&str> = IsoLayout::ALL
+        .iter()
+        .map(|l| l.file_name())
+        .chain(["vmlinuz", "initrd"])
+        .collect();
+    for e in std::fs::read_dir(t)? {
+        let e = e?;
+        if !keep.contains(&e.file_name().to_string_lossy().as_ref()) {
+            let p = e.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p)?;
+            } else {
+                std::fs::remove_file(&p)?;
+            }
+        }
     }
     std::fs::write(t.join(".complete"), b"")?;
     let tmp_path = tmp.keep();
@@ -661,6 +527,13 @@ fn build_kit() -> Result<BootKit> {
     }
     std::fs::rename(&tmp_path, &dir)
         .with_context(|| format!("move the boot kit to {}", dir.display()))?;
+    // Kits built from older fixture code are not used again.
+    for e in std::fs::read_dir(&base)?.flatten() {
+        let p = e.path();
+        if p != dir && p.join(".complete").exists() {
+            std::fs::remove_dir_all(&p).ok();
+        }
+    }
     Ok(kit)
 }
 
@@ -682,11 +555,21 @@ pub enum Medium {
     UsbStick(PathBuf),
 }
 
+/// How the boot image is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootDevice {
+    /// A CD-ROM (El Torito), as a BMC's virtual CD/DVD presents it.
+    Cd,
+    /// A USB disk (the MBR/GPT), as a BMC's virtual USB stick presents it.
+    UsbDisk,
+}
+
 /// One boot.
 #[derive(Clone, Debug)]
 pub struct VmSpec {
     pub firmware: Firmware,
     pub boot_cd: PathBuf,
+    pub boot_device: BootDevice,
     pub extra: Vec<Medium>,
     /// How many labelled config volumes the guest should wait for.
     pub expect_volumes: usize,
@@ -704,6 +587,7 @@ impl VmSpec {
         VmSpec {
             firmware,
             boot_cd: boot_cd.into(),
+            boot_device: BootDevice::Cd,
             extra: Vec::new(),
             expect_volumes: 0,
             timeout: Duration::from_secs(90),
@@ -908,14 +792,34 @@ fn boot_with(spec: &VmSpec, kvm: bool) -> Result<BootOutput> {
                 vars.display()
             ));
     }
-    cmd.arg("-drive")
-        .arg(format!(
-            "file={},media=cdrom,if=none,id=cd0,format=raw,readonly=on",
-            spec.boot_cd.display()
-        ))
-        .args(["-device", "ide-cd,drive=cd0,bus=ide.0,bootindex=0"]);
+    // No network boot: the firmware would try PXE before giving up on a medium.
+    cmd.args(["-nic", "none"]);
     let mut port = 1;
     let mut usb = 0;
+    match spec.boot_device {
+        BootDevice::Cd => {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},media=cdrom,if=none,id=cd0,format=raw,readonly=on",
+                    spec.boot_cd.display()
+                ))
+                .args(["-device", "ide-cd,drive=cd0,bus=ide.0,bootindex=0"]);
+        }
+        BootDevice::UsbDisk => {
+            cmd.args(["-device", "qemu-xhci,id=xhci"])
+                .arg("-drive")
+                .arg(format!(
+                    "if=none,id=boot0,format=raw,readonly=on,file={}",
+                    spec.boot_cd.display()
+                ))
+                .args([
+                    "-device",
+                    "usb-storage,bus=xhci.0,drive=boot0,removable=on,bootindex=0",
+                ]);
+            usb = 1;
+            port = 0;
+        }
+    }
     for m in &spec.extra {
         match m {
             Medium::Cd(p) => {
@@ -929,7 +833,7 @@ fn boot_with(spec: &VmSpec, kvm: bool) -> Result<BootOutput> {
                 port += 1;
             }
             Medium::UsbStick(p) => {
-                if usb == 0 {
+                if usb == 0 && spec.boot_device != BootDevice::UsbDisk {
                     cmd.args(["-device", "qemu-xhci,id=xhci"]);
                 }
                 cmd.arg("-drive")

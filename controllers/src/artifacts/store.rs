@@ -5,7 +5,8 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use beskar7_boot::{
-    IsoPatch, KernelArg, PatchOptions, ReadAt, VolumeFormat, patch_iso_with, resolve_kernel_args,
+    IsoPatch, KernelArg, PatchError, PatchOptions, ReadAt, VolumeFormat, patch_iso_with,
+    resolve_kernel_args,
 };
 use bytes::Bytes;
 
@@ -29,6 +30,10 @@ pub enum ArtifactError {
     Cache(String),
     #[error("patching the boot ISO from {url}: {reason}")]
     Patch { url: String, reason: String },
+    /// The image's boot cannot carry the kernel arguments under Secure Boot (a signed UKI,
+    /// a key-enrolling image); nothing is served.
+    #[error("the boot ISO from {url} cannot be given kernel arguments: {reason}")]
+    SecureBootImage { url: String, reason: String },
     #[error("machine {0} has no registered artifacts")]
     NotRegistered(String),
 }
@@ -38,7 +43,10 @@ impl ArtifactError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::Invalid(_) | Self::ChecksumMismatch { .. } | Self::Patch { .. }
+            Self::Invalid(_)
+                | Self::ChecksumMismatch { .. }
+                | Self::Patch { .. }
+                | Self::SecureBootImage { .. }
         )
     }
 }
@@ -328,7 +336,9 @@ impl ArtifactStore {
         if let Some(r) = slot.as_ref() {
             return r.clone();
         }
-        let result = self.prepare_iso(src, &m.kernel_args, src.add_uefi_path).await;
+        let result = self
+            .prepare_iso(src, &m.kernel_args, src.add_uefi_path)
+            .await;
         match &result {
             Ok(_) => *slot = Some(result.clone()),
             Err(e) if e.is_permanent() => *slot = Some(result.clone()),
@@ -382,9 +392,15 @@ impl ArtifactStore {
                 url: src.url.clone(),
                 reason: e.to_string(),
             })?
-            .map_err(|e| ArtifactError::Patch {
-                url: src.url.clone(),
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                PatchError::SecureBootImage(reason) => ArtifactError::SecureBootImage {
+                    url: src.url.clone(),
+                    reason,
+                },
+                e => ArtifactError::Patch {
+                    url: src.url.clone(),
+                    reason: e.to_string(),
+                },
             })?;
         for w in patch.warnings() {
             tracing::warn!(url = %src.url, "{w}");

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use beskar7_api::{
-    BOOT_ISSUED_ANNOTATION, BmcDetails, BootMode, ConsumerRef, HardwareDetails, HostState, Nic,
-    PROVISIONING_LOCK_ANNOTATION, PhysicalHost, PhysicalHostStatus, PowerRequest, Provisioning,
-    ProvisioningMode, VirtualMediaSlotInfo, provider_id,
+    BOOT_ISSUED_ANNOTATION, BmcDetails, BootMode, ConfigDelivery, ConsumerRef, HardwareDetails,
+    HostState, Nic, PROVISIONING_LOCK_ANNOTATION, PhysicalHost, PhysicalHostStatus, PowerRequest,
+    Provisioning, ProvisioningMode, VirtualMediaSlotInfo, provider_id,
 };
 use beskar7_boot as boot;
 use beskar7_redfish as redfish;
@@ -312,6 +312,7 @@ async fn release_if_needed(
         record_boot_issued(host, ctx, None).await?;
         status.boot_issued_for = None;
     }
+    status.config_delivery = None;
     status.state = Some(HostState::Available);
     conditions::set(
         &mut status.conditions,
@@ -353,8 +354,11 @@ async fn provision(
         status.state = Some(HostState::Claimed);
     }
 
-    // Build: the media this claim boots from.
-    let media = prepare_media(host, ctx, d, consumer, prov).await?;
+    // Build: the media this claim boots from. A BMC that refused the second device for this
+    // claim gets the configuration by URL from then on.
+    let force_url = status.config_delivery == Some(ConfigDelivery::Url);
+    let media = prepare_media(host, ctx, d, consumer, prov, force_url).await?;
+    status.config_delivery = Some(media.delivery);
 
     if status.boot_issued_for.as_deref() == Some(claim.as_str()) {
         // The boot was issued (maybe by a manager that since restarted): wait for power, never cycle again.
@@ -437,7 +441,16 @@ async fn provision(
         if let Some(url) = want
             && image.as_deref() != Some(url)
         {
-            bmc.insert_media(&slot.path, url).await?;
+            match bmc.insert_media(&slot.path, url).await {
+                Err(redfish::Error::Refused(why) | redfish::Error::NotSupported(why))
+                    if Some(&slot.path) == config_slot.as_ref() =>
+                {
+                    return fall_back_to_url(host, ctx, bmc, d, status, &why).await;
+                }
+                r => {
+                    r?;
+                }
+            }
         }
     }
     let mode = if prov.boot_mode == BootMode::Legacy {
@@ -461,6 +474,48 @@ async fn provision(
     );
     patch_status(host, ctx, status).await?;
     request_power(ctx, bmc, d, status, redfish::PowerAction::On).await?;
+    Ok(Action::requeue(ctx.settings.host_poll))
+}
+
+/// The BMC refused the config volume in its second slot (some take one virtual media device at a
+/// time: Metal3 does not attach a second one on Dell): from now on this claim's configuration is
+/// served by URL, named on the boot ISO's kernel command line. What is inserted is ejected, as
+/// the boot ISO served under the same URL changes too; the next pass inserts it again.
+async fn fall_back_to_url(
+    host: &PhysicalHost,
+    ctx: &Context,
+    bmc: &redfish::Client,
+    d: &redfish::Discovery,
+    status: &mut PhysicalHostStatus,
+    why: &str,
+) -> Result<Action> {
+    warn!(host = %key(host), reason = why, "second virtual media device refused; serving the configuration by URL");
+    for slot in d.slots.iter().filter(|s| !s.skipped) {
+        bmc.eject_media(&slot.path).await?;
+    }
+    status.config_delivery = Some(ConfigDelivery::Url);
+    let message = format!(
+        "the BMC refused the config volume in a second virtual media slot ({why}); the configuration is served by URL instead"
+    );
+    conditions::set(
+        &mut status.conditions,
+        VIRTUAL_MEDIA_READY,
+        true,
+        "SecondMediaRefused",
+        message.clone(),
+        host.metadata.generation,
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "SecondMediaRefused".into(),
+        note: Some(message),
+        action: "InsertMedia".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder().publish(&event, &host.object_ref(&())).await {
+        warn!(error = %e, "publishing event");
+    }
+    patch_status(host, ctx, status).await?;
     Ok(Action::requeue(ctx.settings.host_poll))
 }
 
@@ -553,6 +608,7 @@ async fn request_power(
 struct Media {
     boot_url: String,
     config_url: Option<String>,
+    delivery: ConfigDelivery,
 }
 
 /// Renders the configuration for the OS, registers it with the artifact server under the
@@ -563,6 +619,7 @@ async fn prepare_media(
     d: &redfish::Discovery,
     consumer: &ConsumerRef,
     prov: &Provisioning,
+    force_url: bool,
 ) -> Result<Media> {
     let ns = host.namespace().unwrap_or_default();
     let host_name = host.name_any();
@@ -584,10 +641,13 @@ async fn prepare_media(
         _ => None,
     };
     let format = bootstrap.as_ref().map(|b| b.1).unwrap_or_default();
-    let config_slot = d.config_slot().map(|(_, f)| match f {
-        redfish::ImageFormat::Iso => boot::VolumeFormat::Iso,
-        redfish::ImageFormat::Fat => boot::VolumeFormat::Fat,
-    });
+    let config_slot = d
+        .config_slot()
+        .filter(|_| !force_url)
+        .map(|(_, f)| match f {
+            redfish::ImageFormat::Iso => boot::VolumeFormat::Iso,
+            redfish::ImageFormat::Fat => boot::VolumeFormat::Fat,
+        });
     let plan = boot::plan_delivery(&boot::PlanInput {
         os,
         mode,
@@ -601,6 +661,7 @@ async fn prepare_media(
         return Ok(Media {
             boot_url: prov.image_url.clone(),
             config_url: None,
+            delivery: ConfigDelivery::External,
         });
     }
 
@@ -663,6 +724,13 @@ async fn prepare_media(
             .boot_iso
             .ok_or_else(|| Error::Invalid("artifact server returned no boot ISO URL".into()))?,
         config_url: urls.config_volume,
+        delivery: if plan.config_volume.is_some() {
+            ConfigDelivery::Volume
+        } else if plan.serve_config {
+            ConfigDelivery::Url
+        } else {
+            ConfigDelivery::External
+        },
     })
 }
 
