@@ -128,6 +128,9 @@ pub struct BootPath {
     pub kernel_lines: usize,
     /// The patch created this path.
     pub added: bool,
+    /// The arguments reach the kernel on this path only with Secure Boot off: Beskar7's loader
+    /// is not signed, and systemd-stub ignores options passed to a UKI under Secure Boot.
+    pub needs_secure_boot_off: bool,
 }
 
 /// What to do to an image.
@@ -203,6 +206,13 @@ impl IsoPatch {
     /// The image's boot paths after the patch.
     pub fn boot_paths(&self) -> &[BootPath] {
         &self.boot_paths
+    }
+
+    /// Whether some UEFI path carries the arguments only with Secure Boot off.
+    pub fn uefi_needs_secure_boot_off(&self) -> bool {
+        self.boot_paths
+            .iter()
+            .any(|p| p.firmware == Firmware::Uefi && p.needs_secure_boot_off)
     }
 
     /// Problems that did not stop the patch.
@@ -691,6 +701,7 @@ pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch,
     // systemd-boot and Beskar7 loader images.
     let mut boot_paths = Vec::new();
     for (i, esp) in esps.iter().enumerate() {
+        let mut needs_secure_boot_off = false;
         let lines = match esp.loader {
             UefiLoader::Grub => lines_esp_grub.get(&i).copied().unwrap_or(0) + lines_iso_grub,
             UefiLoader::SystemdBoot | UefiLoader::Beskar7 => {
@@ -701,6 +712,7 @@ pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch,
                     crate::uefi_add::repatch(&esp.fs, src, edit, args, &esp.name)?
                 };
                 configs.extend(r.configs);
+                needs_secure_boot_off = r.needs_secure_boot_off;
                 r.kernel_lines
             }
             UefiLoader::Unknown => {
@@ -720,6 +732,7 @@ pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch,
             image: esp.name.clone(),
             kernel_lines: lines,
             added: false,
+            needs_secure_boot_off,
         });
     }
     for b in &bios {
@@ -736,6 +749,7 @@ pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch,
             image: b.image.clone(),
             kernel_lines: lines,
             added: false,
+            needs_secure_boot_off: false,
         });
     }
     if configs.is_empty() {
@@ -800,6 +814,7 @@ pub fn patch_iso_with(src: &dyn ReadAt, opts: &PatchOptions) -> Result<IsoPatch,
             image: format!("EFI system partition appended at block {}", at / SECTOR_U64),
             kernel_lines: 1,
             added: true,
+            needs_secure_boot_off: true,
         });
         configs.push(ConfigFound {
             path: format!(

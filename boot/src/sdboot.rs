@@ -24,6 +24,8 @@ pub(crate) struct SdBootResult {
     pub configs: Vec<ConfigFound>,
     /// UKIs whose boot carries the arguments.
     pub kernel_lines: usize,
+    /// The arguments are passed as options (ignored under Secure Boot), not embedded.
+    pub needs_secure_boot_off: bool,
 }
 
 struct Uki {
@@ -143,6 +145,7 @@ pub(crate) fn patch(
         return Ok(SdBootResult {
             configs: Vec::new(),
             kernel_lines: 0,
+            needs_secure_boot_off: false,
         });
     };
     let words: Vec<&str> = uki.cmdline.split_whitespace().collect();
@@ -161,6 +164,7 @@ pub(crate) fn patch(
                 rewritten: false,
             }],
             kernel_lines: 1,
+            needs_secure_boot_off: false,
         });
     }
     if uki.signed {
@@ -233,6 +237,7 @@ pub(crate) fn patch(
             },
         ],
         kernel_lines: 1,
+        needs_secure_boot_off: true,
     })
 }
 

@@ -285,5 +285,6 @@ pub(crate) fn repatch(
             rewritten,
         }],
         kernel_lines: 1,
+        needs_secure_boot_off: true,
     })
 }

@@ -38,6 +38,10 @@ pub enum Error {
     #[error("{0}")]
     HostUnsuitable(String),
 
+    /// The host enforces UEFI Secure Boot and the served boot path needs it off.
+    #[error("{0}")]
+    SecureBootEnabled(String),
+
     /// An object is not (yet) shaped as the reconcile needs; a person or another controller must act.
     #[error("{0}")]
     Invalid(String),
@@ -59,6 +63,7 @@ impl Error {
             Error::Artifacts(e) if e.is_permanent() => "BootImageInvalid",
             Error::Artifacts(_) => "BootImageUnavailable",
             Error::HostUnsuitable(_) => "HostUnsuitable",
+            Error::SecureBootEnabled(_) => "SecureBootEnabled",
             Error::Invalid(_) => "InvalidConfiguration",
         }
     }

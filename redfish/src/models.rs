@@ -238,8 +238,38 @@ resource_struct!(
         actions: ComputerSystemActions,
         #[serde(rename = "@Redfish.Settings")]
         redfish_settings: Settings,
+        #[serde(rename = "SecureBoot")]
+        secure_boot: ODataId,
     }
 );
+
+resource_struct!(
+    /// `/redfish/v1/Systems/{id}/SecureBoot` (DSP0268 `SecureBoot`).
+    SecureBoot {
+        /// Whether Secure Boot is enabled for the next boot.
+        #[serde(rename = "SecureBootEnable")]
+        secure_boot_enable: bool,
+        /// `Enabled`, `Disabled` or `Unknown`: the state of the current boot.
+        #[serde(rename = "SecureBootCurrentBoot")]
+        secure_boot_current_boot: String,
+        /// `SetupMode`, `UserMode`, `AuditMode`, `DeployedMode`.
+        #[serde(rename = "SecureBootMode")]
+        secure_boot_mode: String,
+    }
+);
+
+impl SecureBoot {
+    /// Whether the next boot verifies signatures: `SecureBootEnable` when given, else the
+    /// current boot's state. None when the BMC says neither.
+    pub fn enforced(&self) -> Option<bool> {
+        self.secure_boot_enable
+            .or(match self.secure_boot_current_boot.as_deref() {
+                Some("Enabled") => Some(true),
+                Some("Disabled") => Some(false),
+                _ => None,
+            })
+    }
+}
 
 impl ComputerSystem {
     /// Managers of this system (`Links.ManagedBy`).

@@ -490,6 +490,20 @@ impl Client {
     }
 
     /// The system's power state now (`On`, `Off`, `PoweringOn` ...).
+    /// Whether the system's next boot enforces UEFI Secure Boot, from its `SecureBoot` resource;
+    /// None when the BMC has no such resource or does not say.
+    pub async fn secure_boot_enforced(&self, d: &Discovery) -> Result<Option<bool>> {
+        let Some(path) = d.system.secure_boot.as_ref().and_then(|l| l.path()) else {
+            return Ok(None);
+        };
+        match self.get::<crate::models::SecureBoot>(path).await {
+            Ok(f) => Ok(f.value.enforced()),
+            // Listed but absent (some BMCs link resources they do not serve).
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn power_state(&self, d: &Discovery) -> Result<Option<String>> {
         let s: ComputerSystem = self
             .forget_if_gone(self.get(&d.system_path).await)

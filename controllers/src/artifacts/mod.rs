@@ -23,7 +23,7 @@ pub use cache::{CacheStats, SourceCache};
 pub use http::{RangeRequest, parse_range, router, serve};
 pub use store::{
     ArtifactError, ArtifactSet, ArtifactStore, ArtifactUrls, BootIsoSource, ConfigDocument,
-    ConfigVolume,
+    ConfigVolume, PreparedFacts,
 };
 
 /// Settings of the artifact server (the manager's `--artifact-*` flags map onto this).

@@ -92,6 +92,13 @@ pub struct ArtifactUrls {
     pub config_document: Option<String>,
 }
 
+/// What the host controller needs to know of a prepared boot ISO.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreparedFacts {
+    /// Its UEFI boot carries the kernel arguments only with Secure Boot off.
+    pub uefi_needs_secure_boot_off: bool,
+}
+
 /// A boot ISO ready to serve: the cached source plus the patch.
 pub(crate) struct PreparedIso {
     pub file: CachedFile,
@@ -307,13 +314,19 @@ impl ArtifactStore {
     }
 
     /// Waits until the machine's boot ISO is downloaded, verified and patched; returns why not.
-    pub async fn prepare(&self, machine_key: &str) -> Result<(), ArtifactError> {
+    pub async fn prepare(&self, machine_key: &str) -> Result<PreparedFacts, ArtifactError> {
         let m = self.maps.lock().unwrap().by_key.get(machine_key).cloned();
         let m = m.ok_or_else(|| ArtifactError::NotRegistered(machine_key.to_string()))?;
         if m.set.boot_iso.is_none() {
-            return Ok(());
+            return Ok(PreparedFacts::default());
         }
-        self.prepare_machine(&m).await.map(|_| ())
+        let p = self.prepare_machine(&m).await?;
+        Ok(PreparedFacts {
+            uefi_needs_secure_boot_off: p
+                .patch
+                .as_ref()
+                .is_some_and(|p| p.uefi_needs_secure_boot_off()),
+        })
     }
 
     pub(crate) fn lookup(&self, token: &str) -> Option<Arc<Machine>> {

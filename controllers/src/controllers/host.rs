@@ -30,6 +30,8 @@ use crate::context::{Context, bmc_target};
 use crate::error::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "beskar7-physicalhost";
+/// Reason of `VirtualMediaReady` (and of the event) when a BMC refused the second device.
+const SECOND_MEDIA_REFUSED: &str = "SecondMediaRefused";
 /// Kernel argument carrying the providerID for OSes without a config volume.
 pub const PROVIDER_ID_KERNEL_ARG: &str = "beskar7.provider_id";
 
@@ -241,12 +243,25 @@ async fn reconcile_inner(
         );
         return Err(Error::HostUnsuitable("the BMC offers no virtual media slot that takes a CD or DVD: this host cannot boot an ISO over virtual media".into()));
     }
+    // The configuration goes by URL although the BMC lists a second slot: it refused it.
+    let refused = status.config_delivery == Some(ConfigDelivery::Url) && d.config_slot().is_some();
+    let (reason, message) = if refused {
+        (
+            SECOND_MEDIA_REFUSED,
+            "the BMC refused the config volume in its second virtual media slot; the configuration is served by URL".to_string(),
+        )
+    } else {
+        (
+            "CDSlotFound",
+            d.boot_slot().map(|s| s.path.clone()).unwrap_or_default(),
+        )
+    };
     conditions::set(
         &mut status.conditions,
         VIRTUAL_MEDIA_READY,
         true,
-        "CDSlotFound",
-        d.boot_slot().map(|s| s.path.clone()).unwrap_or_default(),
+        reason,
+        message,
         generation,
     );
 
@@ -383,6 +398,18 @@ async fn provision(
         };
     }
 
+    // A UEFI boot that needs Secure Boot off, on a host whose BMC says it is on, would boot
+    // without the arguments (or not at all): say so instead of booting.
+    if prov.boot_mode == BootMode::Uefi
+        && media.needs_secure_boot_off
+        && bmc.secure_boot_enforced(d).await? == Some(true)
+    {
+        return Err(Error::SecureBootEnabled(format!(
+            "the host has UEFI Secure Boot enabled, and the {} image served for it carries the kernel arguments only with Secure Boot off (Beskar7's UEFI loader is unsigned; systemd-stub ignores passed options under Secure Boot): disable Secure Boot on the host, use bootMode: Legacy, or an image that carries the arguments itself (provisioningMode PreBakedISO)",
+            prov.os_family
+        )));
+    }
+
     // Apply. The steps below change the server, so they run only on a fresh copy of the host
     // and by one manager at a time.
     if !take_provisioning_lock(host, ctx, &claim).await? {
@@ -501,13 +528,13 @@ async fn fall_back_to_url(
         &mut status.conditions,
         VIRTUAL_MEDIA_READY,
         true,
-        "SecondMediaRefused",
+        SECOND_MEDIA_REFUSED,
         message.clone(),
         host.metadata.generation,
     );
     let event = Event {
         type_: EventType::Warning,
-        reason: "SecondMediaRefused".into(),
+        reason: SECOND_MEDIA_REFUSED.into(),
         note: Some(message),
         action: "InsertMedia".into(),
         secondary: None,
@@ -609,6 +636,8 @@ struct Media {
     boot_url: String,
     config_url: Option<String>,
     delivery: ConfigDelivery,
+    /// The served ISO's UEFI boot carries the arguments only with Secure Boot off.
+    needs_secure_boot_off: bool,
 }
 
 /// Renders the configuration for the OS, registers it with the artifact server under the
@@ -662,6 +691,7 @@ async fn prepare_media(
             boot_url: prov.image_url.clone(),
             config_url: None,
             delivery: ConfigDelivery::External,
+            needs_secure_boot_off: false,
         });
     }
 
@@ -718,8 +748,9 @@ async fn prepare_media(
     );
     let k = key(host);
     let urls = ctx.artifacts.register_with_token(&k, &token, set)?;
-    ctx.artifacts.prepare(&k).await?;
+    let facts = ctx.artifacts.prepare(&k).await?;
     Ok(Media {
+        needs_secure_boot_off: facts.uefi_needs_secure_boot_off,
         boot_url: urls
             .boot_iso
             .ok_or_else(|| Error::Invalid("artifact server returned no boot ISO URL".into()))?,
