@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod common;
+pub mod conditions;
 pub mod crds;
 pub mod machine;
 pub mod physical_host;
@@ -62,6 +63,13 @@ pub const PROVISIONING_LOCK_ANNOTATION: &str =
 /// once settle on one host (the host's own optimistic update then lets one claim through), and
 /// a machine never ends up holding two hosts.
 pub const CLAIMING_ANNOTATION: &str = "infrastructure.cluster.x-k8s.io/beskar7-claiming";
+
+/// On a PhysicalHost, written by the machine controller: the claim (`<namespace>/<name>`) whose
+/// Machine has a Node (`status.nodeRef`). The OS has read its configuration then (Leap Micro's
+/// Combustion reads it on the installed system's first boot, before kubelet joins), so the host
+/// controller ejects the media and stops serving the bootstrap data. An annotation, so it
+/// travels with `clusterctl move` and a moved host does not serve it again.
+pub const NODE_JOINED_ANNOTATION: &str = "infrastructure.cluster.x-k8s.io/beskar7-node-joined";
 /// Provider label clusterctl uses to find a provider's components.
 pub const PROVIDER_LABEL: &str = "cluster.x-k8s.io/provider";
 /// Value of [`PROVIDER_LABEL`] for this provider.

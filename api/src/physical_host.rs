@@ -261,6 +261,10 @@ pub struct PhysicalHostStatus {
     /// (a BMC that refused a second device is not asked again); cleared when the host is released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_delivery: Option<ConfigDelivery>,
+    /// When the claim's media were ejected and its URLs revoked because its Node joined: the
+    /// bootstrap data (join tokens, certificates) is no longer servable from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_withdrawn_at: Option<Time>,
     /// When the BMC was last read successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated: Option<Time>,

@@ -54,6 +54,8 @@ pub struct Machine {
     /// `spec.bootstrap.dataSecretName`: set once the bootstrap provider produced the data.
     pub bootstrap_data_secret: Option<String>,
     pub failure_domain: Option<String>,
+    /// `status.nodeRef.name`: the Node the Machine became.
+    pub node_ref: Option<String>,
 }
 
 impl Machine {
@@ -73,6 +75,7 @@ impl Machine {
             bootstrap_data_secret: str_at(d, &["spec", "bootstrap", "dataSecretName"])
                 .map(str::to_string),
             failure_domain: str_at(d, &["spec", "failureDomain"]).map(str::to_string),
+            node_ref: str_at(d, &["status", "nodeRef", "name"]).map(str::to_string),
         }
     }
 }

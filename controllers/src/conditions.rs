@@ -3,16 +3,8 @@
 use beskar7_api::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-pub const READY: &str = "Ready";
-pub const PAUSED: &str = "Paused";
-/// PhysicalHost: the BMC answered with these credentials.
-pub const BMC_CONNECTED: &str = "BMCConnected";
-/// PhysicalHost: the BMC offers what provisioning needs (virtual media CD slot).
-pub const VIRTUAL_MEDIA_READY: &str = "VirtualMediaReady";
-/// Beskar7Machine: a host is claimed and provisioned.
-pub const HOST_PROVISIONED: &str = "HostProvisioned";
-/// Beskar7Cluster: the control-plane endpoint is given.
-pub const CONTROL_PLANE_ENDPOINT_SET: &str = "ControlPlaneEndpointSet";
+pub use beskar7_api::conditions::reason;
+pub use beskar7_api::conditions::types::*;
 
 /// Sets condition `type_`; `lastTransitionTime` moves only when the status changes, so
 /// reconciles that find nothing new write nothing new.

@@ -23,7 +23,9 @@ pub struct Settings {
     pub host_poll: Duration,
     /// Requeue interval of a machine waiting for a host.
     pub waiting_requeue: Duration,
-    /// How long a power change asked of a BMC is left to complete before it is asked again.
+    /// How long a power change asked of a BMC is left to complete before it is asked again. Some
+    /// BMCs take a minute and more (POST) and show the old state meanwhile; asking again could
+    /// restart the transition.
     pub power_grace: Duration,
     /// Requests in flight to one BMC at once.
     pub bmc_concurrency: usize,
@@ -35,7 +37,7 @@ impl Default for Settings {
             host_refresh: Duration::from_secs(120),
             host_poll: Duration::from_secs(3),
             waiting_requeue: Duration::from_secs(15),
-            power_grace: Duration::from_secs(30),
+            power_grace: Duration::from_secs(120),
             bmc_concurrency: 4,
         }
     }
@@ -59,6 +61,9 @@ pub struct Context {
     pub hosts: Arc<std::sync::OnceLock<kube::runtime::reflector::Store<beskar7_api::PhysicalHost>>>,
     /// Consecutive failures per object, for backoff only (never for state).
     pub failures: Mutex<HashMap<String, u32>>,
+    /// The state each host's last announced transition went to, so a lagging cache does not
+    /// announce it twice (events and metrics only, never decisions).
+    pub transitions: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -82,6 +87,41 @@ impl Context {
         *n = n.saturating_add(1);
         let base = if transient { 5 } else { 30 };
         Duration::from_secs((base << (*n - 1).min(6)).min(300))
+    }
+
+    /// The PhysicalHosts of namespace `ns` (all namespaces: None) from the host controller's
+    /// cache; a LIST from the API server only until that cache has synced.
+    pub async fn cached_hosts(&self, ns: Option<&str>) -> Result<Vec<Arc<PhysicalHost>>> {
+        if let Some(store) = self.hosts.get()
+            && store.wait_until_ready().await.is_ok()
+        {
+            return Ok(store
+                .state()
+                .into_iter()
+                .filter(|h| ns.is_none_or(|n| h.namespace().as_deref() == Some(n)))
+                .collect());
+        }
+        let api: Api<PhysicalHost> = match ns {
+            Some(n) => Api::namespaced(self.client.clone(), n),
+            None => Api::all(self.client.clone()),
+        };
+        Ok(api
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
+
+    /// Whether a transition of `key` to `to` is new (not the last one announced).
+    pub fn note_transition(&self, key: &str, to: &str) -> bool {
+        let mut t = self.transitions.lock().unwrap();
+        if t.get(key).map(String::as_str) == Some(to) {
+            return false;
+        }
+        t.insert(key.to_string(), to.to_string());
+        true
     }
 
     pub fn reset_backoff(&self, key: &str) {

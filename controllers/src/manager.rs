@@ -11,10 +11,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use beskar7_api::common::failure_domain_of;
 use beskar7_api::{Beskar7Cluster, Beskar7Machine, Beskar7MachineTemplate, PhysicalHost};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject};
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -25,7 +27,7 @@ use tracing::{error, info};
 use crate::artifacts::{ArtifactServerArgs, ArtifactStore};
 use crate::capi;
 use crate::context::{BmcPool, Context, Settings};
-use crate::controllers::{cluster, host, machine, template};
+use crate::controllers::{cluster, host, machine, shape, template};
 use crate::error::Error;
 use crate::leader;
 use crate::metrics::Metrics;
@@ -226,6 +228,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         hosts: probes.hosts.clone(),
         metrics: metrics.clone(),
         failures: Default::default(),
+        transitions: Default::default(),
     });
 
     let api = |_: ()| args.namespace.clone();
@@ -286,7 +289,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             timed(host::reconcile, "physicalhost"),
-            host::error_policy,
+            shape::error_policy,
             ctx.clone(),
         );
 
@@ -341,7 +344,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             timed(machine::reconcile, "beskar7machine"),
-            machine::error_policy,
+            shape::error_policy,
             ctx.clone(),
         );
 
@@ -359,13 +362,22 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         .watches(
             namespaced::<PhysicalHost>(&client, &ns),
             watcher::Config::default(),
-            move |h: PhysicalHost| same_namespace(&clusters, h.namespace()),
+            // Only clusters that take their failure domains from the hosts' zones, and only
+            // for hosts that have one.
+            move |h: PhysicalHost| {
+                if failure_domain_of(h.labels()).is_none() {
+                    return Vec::new();
+                }
+                same_namespace(&clusters, h.namespace(), |c: &Beskar7Cluster| {
+                    c.spec.failure_domains.is_empty()
+                })
+            },
         )
         .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             timed(cluster::reconcile, "beskar7cluster"),
-            cluster::error_policy,
+            shape::error_policy,
             ctx.clone(),
         );
 
@@ -380,13 +392,25 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         .watches(
             namespaced::<PhysicalHost>(&client, &ns),
             watcher::Config::default(),
-            move |h: PhysicalHost| same_namespace(&templates, h.namespace()),
+            // Only the templates whose selector matches the host.
+            move |h: PhysicalHost| {
+                same_namespace(&templates, h.namespace(), |t: &Beskar7MachineTemplate| {
+                    t.spec
+                        .template
+                        .spec
+                        .host_selector
+                        .as_ref()
+                        .is_none_or(|sel| {
+                            Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(h.labels()))
+                        })
+                })
+            },
         )
         .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             timed(template::reconcile, "beskar7machinetemplate"),
-            template::error_policy,
+            shape::error_policy,
             ctx.clone(),
         );
 
@@ -493,14 +517,18 @@ where
     Some(ObjectRef::new(r.get("name")?.as_str()?).within(&obj.namespace().unwrap_or_default()))
 }
 
-fn same_namespace<K>(store: &Store<K>, ns: Option<String>) -> Vec<ObjectRef<K>>
+fn same_namespace<K>(
+    store: &Store<K>,
+    ns: Option<String>,
+    wanted: impl Fn(&K) -> bool,
+) -> Vec<ObjectRef<K>>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     store
         .state()
         .into_iter()
-        .filter(|o| o.namespace() == ns)
+        .filter(|o| o.namespace() == ns && wanted(o))
         .map(|o| ObjectRef::from_obj(&*o))
         .collect()
 }

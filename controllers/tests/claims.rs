@@ -1,6 +1,6 @@
 //! Claims under contention and pause. More Machines than hosts: the extra ones wait with
-//! `WaitingForHost` and take a host when one is freed, never two machines on one host. A paused
-//! Cluster stops all changes; unpausing resumes.
+//! `WaitingForHost`, never two machines on one host. While the Cluster is paused, a free host
+//! that matches appears and must stay unclaimed; unpausing lets the waiting machine take it.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use beskar7_api::{Beskar7Machine, HostState, PhysicalHost};
 use beskar7_test::{BmcLab, ControlPlane};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use support::*;
 
 const NS: &str = "default";
@@ -51,7 +51,8 @@ async fn more_machines_than_hosts_wait_and_pause_stops_changes() {
         .start()
         .await
         .expect("control plane with CAPI");
-    let lab = BmcLab::start(2).await.expect("BMC lab");
+    // Three systems; the third is enrolled only while the Cluster is paused.
+    let lab = BmcLab::start(3).await.expect("BMC lab");
     let client = cp.client();
     let image_url = lab
         .add_image(
@@ -60,7 +61,22 @@ async fn more_machines_than_hosts_wait_and_pause_stops_changes() {
         )
         .unwrap();
     let manager = start_manager(&cp, &[]);
-    let hosts = enroll_lab(&client, NS, &lab, &[]).await;
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": beskar7_test::fixtures::LAB_CA_SECRET},
+                "stringData": {"ca.crt": lab.ca_pem},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let ca = Some(beskar7_test::fixtures::LAB_CA_SECRET);
+    let hosts = ["server-00", "server-01"];
+    for (h, s) in hosts.iter().zip(&lab.systems) {
+        enroll(&client, NS, h, s, ca, &[]).await.unwrap();
+    }
     for h in &hosts {
         eventually(
             &format!("{h} Available"),
@@ -111,7 +127,8 @@ async fn more_machines_than_hosts_wait_and_pause_stops_changes() {
     assert_eq!(consumers(&client).await.len(), 2);
     assert!(!consumers(&client).await.contains_key(&waiting));
 
-    // Pause the Cluster, free a host: the waiting machine must not take it while paused.
+    // Pause the Cluster, then a free matching host appears: the waiting machine must not take
+    // it while paused.
     let clusters = dynamic_api(&client, NS, CAPI, "v1beta2", "Cluster");
     clusters
         .patch(
@@ -135,20 +152,31 @@ async fn more_machines_than_hosts_wait_and_pause_stops_changes() {
         },
     )
     .await;
-    let victim = consumers(&client).await.into_keys().next().unwrap();
-    // CAPI honours the pause too, so release the host by deleting the infra machine directly.
-    dynamic_api(&client, NS, CAPI, "v1beta2", "Machine")
-        .delete(&victim, &DeleteParams::default())
+    enroll(&client, NS, "server-02", &lab.systems[2], ca, &[])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    eventually(
+        "server-02 Available while the Cluster is paused",
+        Duration::from_secs(90),
+        Some(&manager),
+        || async {
+            let h = Api::<PhysicalHost>::namespaced(client.clone(), NS)
+                .get("server-02")
+                .await
+                .ok()?;
+            (h.status?.state == Some(HostState::Available)).then_some(())
+        },
+    )
+    .await;
+    // Longer than the waiting machine's requeue (15 s) and than any host event it sees.
+    tokio::time::sleep(Duration::from_secs(25)).await;
     let during_pause = consumers(&client).await;
     assert!(
         !during_pause.contains_key(&waiting),
         "a paused machine claimed a host: {during_pause:?}"
     );
 
-    // Unpause: the victim's host is released and the waiting machine takes it.
+    // Unpause: the waiting machine takes the free host.
     clusters
         .patch(
             "race",
@@ -158,7 +186,7 @@ async fn more_machines_than_hosts_wait_and_pause_stops_changes() {
         .await
         .unwrap();
     eventually(
-        &format!("{waiting} provisioned on the freed host"),
+        &format!("{waiting} provisioned on the new host"),
         Duration::from_secs(240),
         Some(&manager),
         || async {
@@ -168,9 +196,10 @@ async fn more_machines_than_hosts_wait_and_pause_stops_changes() {
     )
     .await;
     let after = consumers(&client).await;
-    assert_eq!(after.len(), 2, "{after:?}");
-    assert!(
-        after.contains_key(&waiting) && !after.contains_key(&victim),
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(
+        after.get(&waiting).map(String::as_str),
+        Some("server-02"),
         "{after:?}"
     );
 }

@@ -76,7 +76,24 @@ async fn leader_election_hands_over_and_probes_and_metrics_answer() {
         })
         .unwrap_or_else(|| panic!("lease holder {holder} is neither manager"));
     let follower = 1 - leader;
-    let all = enroll_lab(&client, NS, &lab, &[]).await;
+    // Only the first host now; the second is enrolled after the leader is gone, so only the
+    // new leader can make it Available.
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": beskar7_test::fixtures::LAB_CA_SECRET},
+                "stringData": {"ca.crt": lab.ca_pem},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let ca = Some(beskar7_test::fixtures::LAB_CA_SECRET);
+    let all = ["server-00".to_string(), "server-01".to_string()];
+    enroll(&client, NS, &all[0], &lab.systems[0], ca, &[])
+        .await
+        .unwrap();
     let first = &all[0];
     eventually(
         "first host Available",
@@ -140,15 +157,8 @@ async fn leader_election_hands_over_and_probes_and_metrics_answer() {
     )
     .await;
     assert!(new_holder.ends_with(&format!("_{}", managers[follower].as_ref().unwrap().pid())));
-    // A host changed after the handover is reconciled by the new leader.
-    Api::<PhysicalHost>::namespaced(client.clone(), NS)
-        .patch(
-            &all[1],
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(
-                serde_json::json!({"metadata": {"labels": {"touched": "after-handover"}}}),
-            ),
-        )
+    // A host enrolled after the handover is reconciled by the new leader.
+    enroll(&client, NS, &all[1], &lab.systems[1], ca, &[])
         .await
         .unwrap();
     eventually(
@@ -158,11 +168,7 @@ async fn leader_election_hands_over_and_probes_and_metrics_answer() {
         || async { available(&client, &all[1]).await.then_some(()) },
     )
     .await;
-    assert!(
-        managers[follower]
-            .as_ref()
-            .unwrap()
-            .log_text()
-            .contains("became leader")
-    );
+    // The old leader is dead, so the host enrolled after it was made Available by the new one.
+    let log = managers[follower].as_ref().unwrap().log_text();
+    assert!(log.contains("became leader"), "{log}");
 }

@@ -489,7 +489,6 @@ impl Client {
         })
     }
 
-    /// The system's power state now (`On`, `Off`, `PoweringOn` ...).
     /// Whether the system's next boot enforces UEFI Secure Boot, from its `SecureBoot` resource;
     /// None when the BMC has no such resource or does not say.
     pub async fn secure_boot_enforced(&self, d: &Discovery) -> Result<Option<bool>> {
@@ -504,6 +503,7 @@ impl Client {
         }
     }
 
+    /// The system's power state now (`On`, `Off`, `PoweringOn` ...).
     pub async fn power_state(&self, d: &Discovery) -> Result<Option<String>> {
         let s: ComputerSystem = self
             .forget_if_gone(self.get(&d.system_path).await)

@@ -122,7 +122,8 @@ async fn inserted_and_write_protected_are_added_only_when_asked() {
         json!({"Image": ISO, "Inserted": true, "WriteProtected": true})
     );
 
-    // An unrelated 400 is not retried with more fields: it is an error with the BMC's message.
+    // An unrelated 400 is not retried with more fields: the BMC refused the insert, with its
+    // message.
     let srv = Server::mockup(
         "hpe-ilo",
         Some(Arc::new(|r, _s: &Server| {
@@ -139,7 +140,8 @@ async fn inserted_and_write_protected_are_added_only_when_asked() {
         .insert_media("/redfish/v1/Managers/1/VirtualMedia/2", ISO)
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::Protocol(_)), "{e:?}");
+    assert!(matches!(e, Error::Refused(_)), "{e:?}");
+    assert_eq!(e.reason(), "RedfishRequestRefused");
     assert!(
         e.to_string().contains("The image URL is unreachable."),
         "{e}"

@@ -84,6 +84,9 @@ pub struct SystemSnapshot {
     pub boots: Vec<BootRecord>,
     pub inserts: u64,
     pub ejects: u64,
+    /// `ComputerSystem.Reset` requests that ask for power on (`On`, `ForceOn`), whatever the
+    /// state: what a test of "one power-on per provisioning" counts.
+    pub power_on_requests: u64,
 }
 
 #[derive(Debug)]
@@ -101,6 +104,26 @@ struct SystemState {
     boots: Vec<BootRecord>,
     inserts: u64,
     ejects: u64,
+    power_on_requests: u64,
+    /// A power change asked of a slow BMC: (when it takes effect, on or off).
+    pending_power: Option<(std::time::Instant, bool)>,
+}
+
+impl SystemState {
+    /// Applies a pending power change whose time has come.
+    fn settle(&mut self) {
+        if let Some((at, on)) = self.pending_power
+            && std::time::Instant::now() >= at
+        {
+            self.pending_power = None;
+            if on && !self.power_on {
+                power_on(self);
+            } else if !on {
+                self.power_on = false;
+            }
+            self.generation += 1;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -124,6 +147,8 @@ struct Shared {
     /// Injected failures: the next `fail_remaining` authenticated requests get `fail_status`.
     fail_remaining: AtomicU64,
     fail_status: AtomicU64,
+    /// How long a power change takes; the old state is reported until then.
+    power_delay: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -139,9 +164,17 @@ pub struct FakeBmcBuilder {
     shared_endpoint: bool,
     sessions: bool,
     powered_on: bool,
+    power_delay: std::time::Duration,
 }
 
 impl FakeBmcBuilder {
+    /// Power changes take `delay`, and `PowerState` shows the old state until then, as slow
+    /// BMCs do (the default: at once).
+    pub fn power_delay(mut self, delay: std::time::Duration) -> Self {
+        self.power_delay = delay;
+        self
+    }
+
     /// All systems behind one address (`Systems` lists them all; hosts need their `systemId`).
     pub fn shared_endpoint(mut self) -> Self {
         self.shared_endpoint = true;
@@ -185,6 +218,8 @@ impl FakeBmcBuilder {
                         boots: Vec::new(),
                         inserts: 0,
                         ejects: 0,
+                        power_on_requests: 0,
+                        pending_power: None,
                     })
                 })
                 .collect(),
@@ -199,6 +234,7 @@ impl FakeBmcBuilder {
             counters: Counters::default(),
             fail_remaining: AtomicU64::new(0),
             fail_status: AtomicU64::new(503),
+            power_delay: self.power_delay,
         });
         let mut tasks = Vec::new();
         let mut addresses = Vec::new();
@@ -257,6 +293,7 @@ impl FakeBmc {
             shared_endpoint: false,
             sessions: true,
             powered_on: false,
+            power_delay: std::time::Duration::ZERO,
         }
     }
 
@@ -286,7 +323,8 @@ impl FakeBmc {
     /// The state of system `id` (`node-NNNN`), `None` for an unknown id.
     pub fn system(&self, id: &str) -> Option<SystemSnapshot> {
         let i = *self.shared.index.get(&id.to_ascii_lowercase())?;
-        let s = self.shared.systems[i].lock().unwrap();
+        let mut s = self.shared.systems[i].lock().unwrap();
+        s.settle();
         Some(SystemSnapshot {
             power: power_word(s.power_on).into(),
             boot_target: s.boot_target.clone(),
@@ -300,6 +338,7 @@ impl FakeBmc {
             boots: s.boots.clone(),
             inserts: s.inserts,
             ejects: s.ejects,
+            power_on_requests: s.power_on_requests,
         })
     }
 
@@ -575,7 +614,16 @@ async fn handle(
                 return not_found(&path);
             };
             let mut s = sh.systems[i].lock().unwrap();
-            system_request(&mut s, &method, rest, &headers, &body, &path)
+            s.settle();
+            system_request(
+                &mut s,
+                &method,
+                rest,
+                &headers,
+                &body,
+                &path,
+                sh.power_delay,
+            )
         }
         _ => not_found(&path),
     }
@@ -698,6 +746,7 @@ fn system_request(
     headers: &HeaderMap,
     body: &Value,
     path: &str,
+    power_delay: std::time::Duration,
 ) -> Response {
     let bad = |m: &str| error(StatusCode::BAD_REQUEST, "PropertyValueNotInList", m);
     match (method.clone(), rest) {
@@ -747,6 +796,20 @@ fn system_request(
                     "ResetType is required",
                 );
             };
+            if matches!(t, "On" | "ForceOn") {
+                s.power_on_requests += 1;
+            }
+            if !power_delay.is_zero() {
+                // A slow BMC: it accepts now, changes later, and shows the old state meanwhile.
+                let on = match t {
+                    "On" | "ForceOn" | "ForceRestart" | "GracefulRestart" => true,
+                    "ForceOff" | "GracefulShutdown" => false,
+                    "PushPowerButton" => !s.power_on,
+                    _ => return bad(&format!("ResetType {t} is not supported")),
+                };
+                s.pending_power = Some((std::time::Instant::now() + power_delay, on));
+                return no_content();
+            }
             match t {
                 "On" | "ForceOn" => {
                     if !s.power_on {
@@ -974,31 +1037,69 @@ pub mod stand_in {
         name: &str,
         image_url: &str,
     ) -> Result<(), kube::Error> {
-        let m = create(client, ns, CAPI_GROUP, "v1beta2", "Machine", json!({
-            "metadata": {"name": name, "namespace": ns, "labels": {"cluster.x-k8s.io/cluster-name": cluster}},
-            "spec": {
-                "clusterName": cluster,
-                "bootstrap": {"dataSecretName": format!("{name}-bootstrap")},
-                "infrastructureRef": {"apiGroup": INFRA_GROUP, "kind": "Beskar7Machine", "name": name},
-            },
-        }))
+        let spec =
+            json!({"osFamily": "talos", "imageURL": image_url, "provisioningMode": "PreBakedISO"});
+        machine_with(client, ns, cluster, name, json!({}), spec, json!({})).await
+    }
+
+    /// [`machine`] with more: `machine_spec` merged into the CAPI Machine's spec (e.g.
+    /// `failureDomain`), `spec` as the Beskar7Machine's spec, `labels` on both.
+    pub async fn machine_with(
+        client: &kube::Client,
+        ns: &str,
+        cluster: &str,
+        name: &str,
+        machine_spec: serde_json::Value,
+        spec: serde_json::Value,
+        labels: serde_json::Value,
+    ) -> Result<(), kube::Error> {
+        let mut all_labels = json!({"cluster.x-k8s.io/cluster-name": cluster});
+        if let (Some(a), Some(extra)) = (all_labels.as_object_mut(), labels.as_object()) {
+            a.extend(extra.clone());
+        }
+        let mut mspec = json!({
+            "clusterName": cluster,
+            "bootstrap": {"dataSecretName": format!("{name}-bootstrap")},
+            "infrastructureRef": {"apiGroup": INFRA_GROUP, "kind": "Beskar7Machine", "name": name},
+        });
+        if let (Some(a), Some(extra)) = (mspec.as_object_mut(), machine_spec.as_object()) {
+            a.extend(extra.clone());
+        }
+        let m = create(
+            client,
+            ns,
+            CAPI_GROUP,
+            "v1beta2",
+            "Machine",
+            json!({
+                "metadata": {"name": name, "namespace": ns, "labels": all_labels},
+                "spec": mspec,
+            }),
+        )
         .await?;
-        create(client, ns, INFRA_GROUP, "v1alpha1", "Beskar7Machine", json!({
-            "metadata": {
-                "name": name,
-                "namespace": ns,
-                "labels": {"cluster.x-k8s.io/cluster-name": cluster},
-                "ownerReferences": [{
-                    "apiVersion": format!("{CAPI_GROUP}/v1beta2"),
-                    "kind": "Machine",
+        create(
+            client,
+            ns,
+            INFRA_GROUP,
+            "v1alpha1",
+            "Beskar7Machine",
+            json!({
+                "metadata": {
                     "name": name,
-                    "uid": m.metadata.uid,
-                    "controller": true,
-                    "blockOwnerDeletion": true,
-                }],
-            },
-            "spec": {"osFamily": "talos", "imageURL": image_url, "provisioningMode": "PreBakedISO"},
-        }))
+                    "namespace": ns,
+                    "labels": all_labels,
+                    "ownerReferences": [{
+                        "apiVersion": format!("{CAPI_GROUP}/v1beta2"),
+                        "kind": "Machine",
+                        "name": name,
+                        "uid": m.metadata.uid,
+                        "controller": true,
+                        "blockOwnerDeletion": true,
+                    }],
+                },
+                "spec": spec,
+            }),
+        )
         .await?;
         Ok(())
     }

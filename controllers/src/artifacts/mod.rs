@@ -2,8 +2,11 @@
 //! config documents, served over HTTP to BMCs and early-boot fetchers.
 //!
 //! URLs are `<external base>/<token>/boot.iso`, `/<token>/config.iso` (or `config.img` for FAT),
-//! `/<token>/config`. The token is 256 bits from the OS CSPRNG: BMCs cannot send credentials, so
-//! the URL is the credential. Tokens live in memory; revoking a machine makes its URLs 404. A
+//! `/<token>/config`. The token is 256 bits: BMCs cannot send credentials, so the URL is the
+//! credential. The manager derives it as HMAC(key, host uid, claim) (`Context::artifact_token`,
+//! the key from `--artifact-token-key-file`), so a restarted manager serves the URLs a BMC already
+//! holds; [`ArtifactStore::register`] without a token draws one from the OS CSPRNG. Registrations
+//! live in memory; revoking a machine makes its URLs 404. A
 //! request path is never mapped to the file system: a token selects an in-memory entry and the
 //! artifact name is one of three fixed names.
 //!

@@ -8,29 +8,46 @@ use beskar7_api::cluster::ClusterInitialization;
 use beskar7_api::common::failure_domain_of;
 use beskar7_api::{Beskar7Cluster, Beskar7ClusterStatus, FailureDomain, PhysicalHost};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use serde_json::json;
-use tracing::warn;
 
+use super::shape;
 use crate::capi;
-use crate::conditions::{self, CONTROL_PLANE_ENDPOINT_SET, PAUSED, READY};
+use crate::conditions::{self, CONTROL_PLANE_ENDPOINT_SET, READY, reason};
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub const FIELD_MANAGER: &str = "beskar7-cluster";
 
-fn key(c: &Beskar7Cluster) -> String {
-    format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any())
-}
-
 pub async fn reconcile(b7c: Arc<Beskar7Cluster>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = b7c.namespace().unwrap_or_default();
     let generation = b7c.metadata.generation;
     let before = b7c.status.clone().unwrap_or_default();
     let mut status = before.clone();
     status.observed_generation = generation;
+    let action = match pass(&b7c, &ctx, &mut status).await {
+        Ok(a) => {
+            ctx.reset_backoff(&shape::key(&*b7c));
+            a
+        }
+        Err(e) => shape::report_error(
+            &ctx,
+            "beskar7cluster",
+            &shape::key(&*b7c),
+            &mut status.conditions,
+            generation,
+            &e,
+        ),
+    };
+    shape::apply_status(&ctx, &*b7c, FIELD_MANAGER, &before, &status).await?;
+    Ok(action)
+}
 
+async fn pass(
+    b7c: &Beskar7Cluster,
+    ctx: &Context,
+    status: &mut Beskar7ClusterStatus,
+) -> Result<Action> {
+    let ns = b7c.namespace().unwrap_or_default();
+    let generation = b7c.metadata.generation;
     let owner = capi::owner_name(&b7c.metadata, "Cluster");
     let cluster = match &owner {
         Some(name) => capi::clusters(&ctx.client, &ns)
@@ -39,43 +56,55 @@ pub async fn reconcile(b7c: Arc<Beskar7Cluster>, ctx: Arc<Context>) -> Result<Ac
             .map(|c| capi::Cluster::from_object(&c)),
         None => None,
     };
-    if capi::is_paused(cluster.as_ref(), &b7c.metadata) {
-        conditions::set(
-            &mut status.conditions,
-            PAUSED,
-            true,
-            "Paused",
-            "the Cluster or this object is paused",
-            generation,
-        );
-        write_status(&b7c, &ctx, &before, &status).await?;
+    if shape::paused(
+        cluster.as_ref(),
+        &b7c.metadata,
+        &mut status.conditions,
+        generation,
+    ) {
         return Ok(Action::await_change());
     }
-    conditions::set(
-        &mut status.conditions,
-        PAUSED,
-        false,
-        "NotPaused",
-        "",
-        generation,
-    );
+    let hosts: Vec<PhysicalHost> = ctx
+        .cached_hosts(Some(&ns))
+        .await?
+        .into_iter()
+        .map(Arc::unwrap_or_clone)
+        .collect();
+    status.failure_domains = failure_domains(b7c, &hosts);
+    let action = report_endpoint(b7c, ctx, status);
+    if owner.is_none() {
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            reason::WAITING_FOR_CLUSTER_OWNER,
+            "waiting for CAPI to set the owner Cluster",
+            generation,
+        );
+    }
+    Ok(action)
+}
 
-    let hosts: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &ns);
-    status.failure_domains =
-        failure_domains(&b7c, &hosts.list(&ListParams::default()).await?.items);
-
-    let endpoint = b7c
+/// The endpoint is the user's (a VIP or load balancer): given, the cluster is provisioned;
+/// missing, a condition says so (never guessed from a machine).
+fn report_endpoint(
+    b7c: &Beskar7Cluster,
+    ctx: &Context,
+    status: &mut Beskar7ClusterStatus,
+) -> Action {
+    let generation = b7c.metadata.generation;
+    match b7c
         .spec
         .control_plane_endpoint
         .as_ref()
-        .filter(|e| e.is_set());
-    let action = match endpoint {
+        .filter(|e| e.is_set())
+    {
         Some(e) => {
             conditions::set(
                 &mut status.conditions,
                 CONTROL_PLANE_ENDPOINT_SET,
                 true,
-                "EndpointSet",
+                reason::ENDPOINT_SET,
                 format!("{}:{}", e.host, e.port),
                 generation,
             );
@@ -83,7 +112,7 @@ pub async fn reconcile(b7c: Arc<Beskar7Cluster>, ctx: Arc<Context>) -> Result<Ac
                 &mut status.conditions,
                 READY,
                 true,
-                "Provisioned",
+                reason::PROVISIONED,
                 "",
                 generation,
             );
@@ -99,7 +128,7 @@ pub async fn reconcile(b7c: Arc<Beskar7Cluster>, ctx: Arc<Context>) -> Result<Ac
                 &mut status.conditions,
                 CONTROL_PLANE_ENDPOINT_SET,
                 false,
-                "EndpointMissing",
+                reason::ENDPOINT_MISSING,
                 message,
                 generation,
             );
@@ -107,25 +136,13 @@ pub async fn reconcile(b7c: Arc<Beskar7Cluster>, ctx: Arc<Context>) -> Result<Ac
                 &mut status.conditions,
                 READY,
                 false,
-                "EndpointMissing",
+                reason::ENDPOINT_MISSING,
                 message,
                 generation,
             );
             Action::await_change()
         }
-    };
-    if owner.is_none() {
-        conditions::set(
-            &mut status.conditions,
-            READY,
-            false,
-            "WaitingForClusterOwner",
-            "waiting for CAPI to set the owner Cluster",
-            generation,
-        );
     }
-    write_status(&b7c, &ctx, &before, &status).await?;
-    Ok(action)
 }
 
 /// Failure domains: the spec's when given, else one per host zone (all allowed for control plane).
@@ -145,33 +162,6 @@ pub fn failure_domains(b7c: &Beskar7Cluster, hosts: &[PhysicalHost]) -> Vec<Fail
             attributes: Default::default(),
         })
         .collect()
-}
-
-async fn write_status(
-    b7c: &Beskar7Cluster,
-    ctx: &Context,
-    before: &Beskar7ClusterStatus,
-    after: &Beskar7ClusterStatus,
-) -> Result<()> {
-    if before == after {
-        return Ok(());
-    }
-    let api: Api<Beskar7Cluster> =
-        Api::namespaced(ctx.client.clone(), &b7c.namespace().unwrap_or_default());
-    let patch =
-        json!({"apiVersion": beskar7_api::API_VERSION, "kind": "Beskar7Cluster", "status": after});
-    api.patch_status(
-        &b7c.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-pub fn error_policy(c: Arc<Beskar7Cluster>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(cluster = %key(&c), error = %err, "reconcile error");
-    Action::requeue(ctx.backoff(&key(&c), err.is_transient()))
 }
 
 #[cfg(test)]

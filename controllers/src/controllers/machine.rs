@@ -5,20 +5,22 @@
 use std::sync::Arc;
 
 use beskar7_api::common::failure_domain_of;
+use beskar7_api::conditions::MachinePhase;
 use beskar7_api::{
     Beskar7Machine, Beskar7MachineStatus, CLAIMING_ANNOTATION, ConsumerRef, HostReference,
-    HostState, MachineAddress, MachineAddressType, MachineInitialization, PhysicalHost,
-    Provisioning, ProvisioningMode, provider_id,
+    HostState, MachineAddress, MachineAddressType, MachineInitialization, NODE_JOINED_ANNOTATION,
+    PhysicalHost, Provisioning, ProvisioningMode, provider_id,
 };
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::info;
 
+use super::shape;
 use crate::capi;
-use crate::conditions::{self, HOST_PROVISIONED, PAUSED, READY};
+use crate::conditions::{self, HOST_PROVISIONED, READY, reason};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -26,7 +28,7 @@ pub const FINALIZER: &str = "beskar7machine.infrastructure.cluster.x-k8s.io";
 pub const FIELD_MANAGER: &str = "beskar7-machine";
 
 fn key(m: &Beskar7Machine) -> String {
-    format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any())
+    shape::key(m)
 }
 
 pub async fn reconcile(machine: Arc<Beskar7Machine>, ctx: Arc<Context>) -> Result<Action> {
@@ -44,69 +46,22 @@ pub async fn reconcile(machine: Arc<Beskar7Machine>, ctx: Arc<Context>) -> Resul
             ctx.reset_backoff(&key(&machine));
             a
         }
-        Err(e) => {
-            warn!(machine = %key(&machine), reason = e.reason(), error = %e, "reconcile failed");
-            ctx.metrics.reconcile_error("beskar7machine", e.reason());
-            conditions::set(
-                &mut status.conditions,
-                READY,
-                false,
-                e.reason(),
-                e.to_string(),
-                generation,
-            );
-            Action::requeue(ctx.backoff(&key(&machine), e.is_transient()))
-        }
+        Err(e) => shape::report_error(
+            &ctx,
+            "beskar7machine",
+            &key(&machine),
+            &mut status.conditions,
+            generation,
+            &e,
+        ),
     };
-    // A machine whose finalizer we just removed may be gone: nothing left to report on.
-    let still_ours = machine.metadata.deletion_timestamp.is_none() || has_finalizer(&machine);
-    if status != before && still_ours {
-        let api: Api<Beskar7Machine> =
-            Api::namespaced(ctx.client.clone(), &machine.namespace().unwrap_or_default());
-        let patch = json!({"apiVersion": beskar7_api::API_VERSION, "kind": "Beskar7Machine", "status": status});
-        match api
-            .patch_status(
-                &machine.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            // Deleted meanwhile (finalizer removed): nothing left to report on.
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    // A machine whose finalizer was just removed may be gone: apply_status ignores a 404.
+    shape::apply_status(&ctx, &*machine, FIELD_MANAGER, &before, &status).await?;
     Ok(action)
 }
 
 fn has_finalizer(m: &Beskar7Machine) -> bool {
     m.finalizers().iter().any(|f| f == FINALIZER)
-}
-
-async fn set_finalizer(m: &Beskar7Machine, ctx: &Context, present: bool) -> Result<()> {
-    let api: Api<Beskar7Machine> =
-        Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
-    let mut finalizers: Vec<String> = m
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        finalizers.push(FINALIZER.to_string());
-    }
-    // Guarded by resourceVersion so a concurrent change is not overwritten.
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": m.resource_version()}});
-    api.patch(
-        &m.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 async fn reconcile_normal(
@@ -117,7 +72,7 @@ async fn reconcile_normal(
     let ns = m.namespace().unwrap_or_default();
     let generation = m.metadata.generation;
     let wait = |status: &mut Beskar7MachineStatus, reason: &str, message: &str| {
-        status.phase = Some("Pending".into());
+        status.phase = Some(MachinePhase::Pending.into());
         conditions::set(
             &mut status.conditions,
             READY,
@@ -132,7 +87,7 @@ async fn reconcile_normal(
     let Some(owner) = capi::owner_name(&m.metadata, "Machine") else {
         wait(
             status,
-            "WaitingForMachineOwner",
+            reason::WAITING_FOR_MACHINE_OWNER,
             "waiting for CAPI to set the owner Machine",
         );
         return Ok(Action::await_change());
@@ -140,7 +95,7 @@ async fn reconcile_normal(
     let Some(machine_obj) = capi::machines(&ctx.client, &ns).get_opt(&owner).await? else {
         wait(
             status,
-            "WaitingForMachineOwner",
+            reason::WAITING_FOR_MACHINE_OWNER,
             &format!("owner Machine {owner} not found"),
         );
         return Ok(Action::requeue(ctx.settings.waiting_requeue));
@@ -153,41 +108,30 @@ async fn reconcile_normal(
             .map(|c| capi::Cluster::from_object(&c)),
         None => None,
     };
-    if capi::is_paused(cluster.as_ref(), &m.metadata) {
-        conditions::set(
-            &mut status.conditions,
-            PAUSED,
-            true,
-            "Paused",
-            "the Cluster or this object is paused",
-            generation,
-        );
+    if shape::paused(
+        cluster.as_ref(),
+        &m.metadata,
+        &mut status.conditions,
+        generation,
+    ) {
         return Ok(Action::await_change());
     }
-    conditions::set(
-        &mut status.conditions,
-        PAUSED,
-        false,
-        "NotPaused",
-        "",
-        generation,
-    );
     let Some(cluster) = cluster else {
         wait(
             status,
-            "WaitingForCluster",
+            reason::WAITING_FOR_CLUSTER,
             "waiting for the owner Machine's Cluster",
         );
         return Ok(Action::requeue(ctx.settings.waiting_requeue));
     };
     if !has_finalizer(m) {
-        set_finalizer(m, ctx, true).await?;
+        shape::set_finalizer(ctx, m, FINALIZER, true).await?;
         return Ok(Action::await_change());
     }
     if !cluster.infrastructure_provisioned {
         wait(
             status,
-            "WaitingForClusterInfrastructure",
+            reason::WAITING_FOR_CLUSTER_INFRASTRUCTURE,
             &format!(
                 "Cluster {} infrastructure is not provisioned yet",
                 cluster.name
@@ -203,7 +147,7 @@ async fn reconcile_normal(
             None => {
                 wait(
                     status,
-                    "WaitingForBootstrapData",
+                    reason::WAITING_FOR_BOOTSTRAP_DATA,
                     "waiting for the bootstrap provider to write the Machine's bootstrap data",
                 );
                 return Ok(Action::requeue(ctx.settings.waiting_requeue));
@@ -214,7 +158,7 @@ async fn reconcile_normal(
 
     // Apply: find our host, or claim one.
     let hosts: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &ns);
-    let host = match find_claimed_host(m, &hosts).await? {
+    let host = match find_claimed_host(m, &hosts, ctx).await? {
         Some(h) => adopt_claim(m, h, &hosts).await?,
         None => match claim_host(m, &machine, bootstrap_secret.as_deref(), &hosts, ctx).await? {
             Some(h) => {
@@ -222,12 +166,12 @@ async fn reconcile_normal(
                 h
             }
             None => {
-                status.phase = Some("WaitingForHost".into());
+                status.phase = Some(MachinePhase::WaitingForHost.into());
                 conditions::set(
                     &mut status.conditions,
                     READY,
                     false,
-                    "WaitingForHost",
+                    reason::WAITING_FOR_HOST,
                     "no Available PhysicalHost matches the hostSelector and failure domain",
                     generation,
                 );
@@ -235,7 +179,7 @@ async fn reconcile_normal(
                     &mut status.conditions,
                     HOST_PROVISIONED,
                     false,
-                    "WaitingForHost",
+                    reason::WAITING_FOR_HOST,
                     "no Available PhysicalHost matches",
                     generation,
                 );
@@ -256,6 +200,9 @@ async fn reconcile_normal(
     let host_status = host.status.clone().unwrap_or_default();
     match host_status.state {
         Some(HostState::Provisioned) => {
+            if machine.node_ref.is_some() {
+                mark_node_joined(ctx, &host, m).await?;
+            }
             let id = provider_id(&ns, &host_name);
             if m.spec.provider_id.as_deref() != Some(id.as_str()) {
                 let api: Api<Beskar7Machine> = Api::namespaced(ctx.client.clone(), &ns);
@@ -277,12 +224,12 @@ async fn reconcile_normal(
                 provisioned: Some(true),
             });
             status.ready = Some(true);
-            status.phase = Some("Provisioned".into());
+            status.phase = Some(MachinePhase::Provisioned.into());
             conditions::set(
                 &mut status.conditions,
                 HOST_PROVISIONED,
                 true,
-                "Provisioned",
+                reason::PROVISIONED,
                 format!("PhysicalHost {host_name} is provisioned"),
                 generation,
             );
@@ -290,7 +237,7 @@ async fn reconcile_normal(
                 &mut status.conditions,
                 READY,
                 true,
-                "Provisioned",
+                reason::PROVISIONED,
                 "",
                 generation,
             );
@@ -298,12 +245,12 @@ async fn reconcile_normal(
         }
         Some(HostState::Error) => {
             let why = host_status.last_error.unwrap_or_else(|| "unknown".into());
-            status.phase = Some("Provisioning".into());
+            status.phase = Some(MachinePhase::Provisioning.into());
             conditions::set(
                 &mut status.conditions,
                 HOST_PROVISIONED,
                 false,
-                "HostError",
+                reason::HOST_ERROR,
                 format!("PhysicalHost {host_name}: {why}"),
                 generation,
             );
@@ -311,7 +258,7 @@ async fn reconcile_normal(
                 &mut status.conditions,
                 READY,
                 false,
-                "HostError",
+                reason::HOST_ERROR,
                 format!("PhysicalHost {host_name}: {why}"),
                 generation,
             );
@@ -319,12 +266,12 @@ async fn reconcile_normal(
         }
         state => {
             let state = state.unwrap_or_default();
-            status.phase = Some("Provisioning".into());
+            status.phase = Some(MachinePhase::Provisioning.into());
             conditions::set(
                 &mut status.conditions,
                 HOST_PROVISIONED,
                 false,
-                "HostProvisioning",
+                reason::HOST_PROVISIONING,
                 format!("PhysicalHost {host_name} is {state}"),
                 generation,
             );
@@ -332,13 +279,31 @@ async fn reconcile_normal(
                 &mut status.conditions,
                 READY,
                 false,
-                "HostProvisioning",
+                reason::HOST_PROVISIONING,
                 format!("PhysicalHost {host_name} is {state}"),
                 generation,
             );
             Ok(Action::await_change())
         }
     }
+}
+
+/// Tells the host controller the claim's Node joined, so the host stops serving its bootstrap
+/// data (the machine controller never talks to a BMC itself).
+async fn mark_node_joined(ctx: &Context, host: &PhysicalHost, m: &Beskar7Machine) -> Result<()> {
+    let claim = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
+    if host.annotations().get(NODE_JOINED_ANNOTATION) == Some(&claim) {
+        return Ok(());
+    }
+    let patch = json!({"metadata": {"annotations": {NODE_JOINED_ANNOTATION: claim}}});
+    Api::<PhysicalHost>::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default())
+        .patch(
+            &host.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
 }
 
 /// By name and kind, not uid: after `clusterctl move` the machine has a new uid and still owns
@@ -366,24 +331,34 @@ async fn adopt_claim(
     Ok(hosts.replace(&name, &PostParams::default(), &host).await?)
 }
 
-/// The host this machine already claimed, found from the hosts themselves (so a claim made
-/// just before a restart is picked up, not repeated).
+/// The host this machine already claimed. The one it named (its `hostRef`, or the host it was
+/// claiming) is read fresh from the API server: a lagging cache must not make a machine think it
+/// has none and claim a second. Any other claim is found in the host cache (it can only be one
+/// made by an earlier uid of this machine, picked up by `adopt_claim`).
 async fn find_claimed_host(
     m: &Beskar7Machine,
     hosts: &Api<PhysicalHost>,
+    ctx: &Context,
 ) -> Result<Option<PhysicalHost>> {
-    if let Some(r) = m.status.as_ref().and_then(|s| s.host_ref.as_ref())
-        && let Some(h) = hosts.get_opt(&r.name).await?
-        && h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c))
-    {
-        return Ok(Some(h));
-    }
-    Ok(hosts
-        .list(&ListParams::default())
-        .await?
-        .items
+    let named = m
+        .status
+        .as_ref()
+        .and_then(|s| s.host_ref.as_ref().map(|r| r.name.clone()))
         .into_iter()
-        .find(|h| h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c))))
+        .chain(m.annotations().get(CLAIMING_ANNOTATION).cloned());
+    for name in named {
+        if let Some(h) = hosts.get_opt(&name).await?
+            && h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c))
+        {
+            return Ok(Some(h));
+        }
+    }
+    Ok(ctx
+        .cached_hosts(m.namespace().as_deref())
+        .await?
+        .into_iter()
+        .find(|h| h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c)))
+        .map(Arc::unwrap_or_clone))
 }
 
 /// Whether `host` can serve `m` (free, matching selector and failure domain).
@@ -425,21 +400,7 @@ async fn claim_host(
     hosts: &Api<PhysicalHost>,
     ctx: &Context,
 ) -> Result<Option<PhysicalHost>> {
-    let ns = m.namespace();
-    let known: Vec<Arc<PhysicalHost>> = match ctx.hosts.get() {
-        Some(store) if store.wait_until_ready().await.is_ok() => store
-            .state()
-            .into_iter()
-            .filter(|h| h.namespace() == ns)
-            .collect(),
-        _ => hosts
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect(),
-    };
+    let known = ctx.cached_hosts(m.namespace().as_deref()).await?;
     let mut candidates = Vec::new();
     for h in known {
         if host_fits(m, machine.failure_domain.as_deref(), &h)? {
@@ -553,14 +514,14 @@ async fn delete(
         // The source copy of a `clusterctl move`: the claim and the running server belong to the
         // copy in the target cluster now. Releasing here would power it off under the target.
         info!(machine = %key(m), "deleted for clusterctl move: the host keeps its claim");
-        set_finalizer(m, ctx, false).await?;
+        shape::set_finalizer(ctx, m, FINALIZER, false).await?;
         return Ok(Action::await_change());
     }
     let ns = m.namespace().unwrap_or_default();
     let generation = m.metadata.generation;
     let hosts: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &ns);
-    status.phase = Some("Deleting".into());
-    if let Some(mut host) = find_claimed_host(m, &hosts).await? {
+    status.phase = Some(MachinePhase::Deleting.into());
+    if let Some(mut host) = find_claimed_host(m, &hosts, ctx).await? {
         host.spec.consumer_ref = None;
         host.spec.provisioning = None;
         match hosts
@@ -576,7 +537,7 @@ async fn delete(
             &mut status.conditions,
             READY,
             false,
-            "Deleting",
+            reason::DELETING,
             format!("releasing PhysicalHost {}", host.name_any()),
             generation,
         );
@@ -594,7 +555,7 @@ async fn delete(
             &mut status.conditions,
             READY,
             false,
-            "Deleting",
+            reason::DELETING,
             format!(
                 "waiting for PhysicalHost {} to power off and eject media",
                 r.name
@@ -603,12 +564,7 @@ async fn delete(
         );
         return Ok(Action::requeue(ctx.settings.host_poll));
     }
-    set_finalizer(m, ctx, false).await?;
+    shape::set_finalizer(ctx, m, FINALIZER, false).await?;
     info!(machine = %key(m), "released host, finalizer removed");
     Ok(Action::await_change())
-}
-
-pub fn error_policy(m: Arc<Beskar7Machine>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(machine = %key(&m), error = %err, "reconcile error");
-    Action::requeue(ctx.backoff(&key(&m), err.is_transient()))
 }

@@ -3,4 +3,5 @@
 pub mod cluster;
 pub mod host;
 pub mod machine;
+pub mod shape;
 pub mod template;

@@ -10,27 +10,53 @@ use beskar7_api::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
-use serde_json::json;
-use tracing::warn;
 
-use crate::conditions::{self, READY};
+use super::shape;
+use crate::conditions::{self, READY, reason};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "beskar7-machinetemplate";
 
-fn key(t: &Beskar7MachineTemplate) -> String {
-    format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
+pub async fn reconcile(t: Arc<Beskar7MachineTemplate>, ctx: Arc<Context>) -> Result<Action> {
+    let before = t.status.clone().unwrap_or_default();
+    let generation = t.metadata.generation;
+    let (status, action) = match pass(&t, &ctx, &before).await {
+        Ok(s) => {
+            ctx.reset_backoff(&shape::key(&*t));
+            (s, Action::requeue(ctx.settings.host_refresh))
+        }
+        Err(e) => {
+            let mut s = before.clone();
+            let a = shape::report_error(
+                &ctx,
+                "beskar7machinetemplate",
+                &shape::key(&*t),
+                &mut s.conditions,
+                generation,
+                &e,
+            );
+            (s, a)
+        }
+    };
+    shape::apply_status(&ctx, &*t, FIELD_MANAGER, &before, &status).await?;
+    Ok(action)
 }
 
-pub async fn reconcile(t: Arc<Beskar7MachineTemplate>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = t.namespace().unwrap_or_default();
-    let hosts: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &ns);
-    let before = t.status.clone().unwrap_or_default();
-    let mut status = summarize(&t, &hosts.list(&ListParams::default()).await?.items)?;
+async fn pass(
+    t: &Beskar7MachineTemplate,
+    ctx: &Context,
+    before: &Beskar7MachineTemplateStatus,
+) -> Result<Beskar7MachineTemplateStatus> {
+    let hosts: Vec<PhysicalHost> = ctx
+        .cached_hosts(t.namespace().as_deref())
+        .await?
+        .into_iter()
+        .map(Arc::unwrap_or_clone)
+        .collect();
+    let mut status = summarize(t, &hosts)?;
     status.conditions = before.conditions.clone();
     let available = status.available_hosts.unwrap_or(0);
     conditions::set(
@@ -38,9 +64,9 @@ pub async fn reconcile(t: Arc<Beskar7MachineTemplate>, ctx: Arc<Context>) -> Res
         READY,
         available > 0,
         if available > 0 {
-            "HostsAvailable"
+            reason::HOSTS_AVAILABLE
         } else {
-            "NoHostAvailable"
+            reason::NO_HOST_AVAILABLE
         },
         format!(
             "{available} of {} matching hosts are Available",
@@ -48,17 +74,7 @@ pub async fn reconcile(t: Arc<Beskar7MachineTemplate>, ctx: Arc<Context>) -> Res
         ),
         t.metadata.generation,
     );
-    if status != before {
-        let api: Api<Beskar7MachineTemplate> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({"apiVersion": beskar7_api::API_VERSION, "kind": "Beskar7MachineTemplate", "status": status});
-        api.patch_status(
-            &t.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
-    Ok(Action::requeue(ctx.settings.host_refresh))
+    Ok(status)
 }
 
 /// Parses `256Gi`-style quantities we write into bytes (only the binary suffixes we produce).
@@ -121,11 +137,6 @@ pub fn summarize(
         available_hosts: Some(available as i32),
         conditions: Vec::new(),
     })
-}
-
-pub fn error_policy(t: Arc<Beskar7MachineTemplate>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(template = %key(&t), error = %err, "reconcile error");
-    Action::requeue(ctx.backoff(&key(&t), err.is_transient()))
 }
 
 #[cfg(test)]
