@@ -64,6 +64,10 @@ pub struct Context {
     /// The state each host's last announced transition went to, so a lagging cache does not
     /// announce it twice (events and metrics only, never decisions).
     pub transitions: Mutex<HashMap<String, String>>,
+    /// The resourceVersion of each host as this manager last wrote or read it live: a cached copy
+    /// with another one may predate our own last write, so the pass reads the host afresh
+    /// (a freshness check on the cache, never a source of decisions).
+    pub host_versions: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -122,6 +126,28 @@ impl Context {
         }
         t.insert(key.to_string(), to.to_string());
         true
+    }
+
+    /// Remembers the newest resourceVersion of `key` this manager has seen from the API server.
+    pub fn note_host_version(&self, key: &str, obj: &impl kube::ResourceExt) {
+        if let Some(rv) = obj.resource_version() {
+            self.host_versions
+                .lock()
+                .unwrap()
+                .insert(key.to_string(), rv);
+        }
+    }
+
+    /// Whether a cached copy of `key` is other than the newest this manager has seen: it may be
+    /// older than our own last write.
+    pub fn host_copy_may_be_stale(&self, key: &str, obj: &impl kube::ResourceExt) -> bool {
+        let seen = self.host_versions.lock().unwrap();
+        seen.get(key)
+            .is_some_and(|rv| obj.resource_version().as_deref() != Some(rv.as_str()))
+    }
+
+    pub fn forget_host_version(&self, key: &str) {
+        self.host_versions.lock().unwrap().remove(key);
     }
 
     pub fn reset_backoff(&self, key: &str) {

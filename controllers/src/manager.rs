@@ -229,6 +229,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         failures: Default::default(),
         transitions: Default::default(),
+        host_versions: Default::default(),
     });
 
     let api = |_: ()| args.namespace.clone();

@@ -7,12 +7,12 @@ mod support;
 
 use std::time::Duration;
 
-use beskar7_api::{HostState, PROVISIONING_LOCK_ANNOTATION, PhysicalHost};
+use beskar7_api::{ConfigDelivery, HostState, PROVISIONING_LOCK_ANNOTATION, PhysicalHost};
 use beskar7_test::bmc_proxy::{Fault, FaultRule};
 use beskar7_test::boot_bridge::read_bmc;
 use beskar7_test::{BmcLab, BmcProxy, ControlPlane};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use support::*;
 
 const NS: &str = "default";
@@ -175,10 +175,32 @@ async fn a_slow_bmc_is_asked_for_power_on_once() {
         || async { (state().await == Some(HostState::Provisioned)).then_some(()) },
     )
     .await;
+    let delivery = || async { api.get(&hosts[0]).await.ok()?.status?.config_delivery };
+    assert_eq!(delivery().await, Some(ConfigDelivery::External));
+
+    // The status is lost after the boot (a restore, or a pass that read a view older than its
+    // own last write): the next pass says again how the configuration goes, and boots nothing.
+    api.patch_status(
+        &hosts[0],
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"configDelivery": null}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(delivery().await, None);
+    eventually(
+        "configDelivery said again",
+        Duration::from_secs(60),
+        Some(&manager),
+        || async { (delivery().await == Some(ConfigDelivery::External)).then_some(()) },
+    )
+    .await;
     let s = bmc.system(&bmc.systems[0].system_id).unwrap();
     assert_eq!(
-        s.power_on_requests, 1,
-        "power-on asked more than once of a slow BMC: {s:?}"
+        s.power_on_requests,
+        1,
+        "power-on asked more than once of a slow BMC: {s:?}\n{}",
+        manager.log_tail(300)
     );
     assert_eq!(s.boots.len(), 1, "{s:?}");
 }

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 
 use super::{consumer_key, key, plan};
-use crate::artifacts::{ArtifactSet, BootIsoSource, ConfigDocument, ConfigVolume};
+use crate::artifacts::{ArtifactSet, ArtifactUrls, BootIsoSource, ConfigDocument, ConfigVolume};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -82,6 +82,7 @@ pub async fn prepare(
     let k = key(host);
     let urls = ctx.artifacts.register_with_token(&k, &token, set)?;
     let facts = ctx.artifacts.prepare(&k).await?;
+    let delivery = delivery_of(&urls);
     let boot_url = urls
         .boot_iso
         .ok_or_else(|| Error::Invalid("artifact server returned no boot ISO URL".into()))?;
@@ -94,14 +95,33 @@ pub async fn prepare(
                 .zip(urls.config_volume),
             needs_secure_boot_off: facts.uefi_needs_secure_boot_off,
         },
-        delivery: if delivery_plan.config_volume.is_some() {
-            ConfigDelivery::Volume
-        } else if delivery_plan.serve_config {
-            ConfigDelivery::Url
-        } else {
-            ConfigDelivery::External
-        },
+        delivery,
     })
+}
+
+/// How the claim's configuration reaches the OS, read from what the artifact server serves for
+/// it: a volume, a document named on the kernel command line, or neither (the configuration is
+/// the user's `configURL`).
+pub fn delivery_of(urls: &ArtifactUrls) -> ConfigDelivery {
+    if urls.config_volume.is_some() {
+        ConfigDelivery::Volume
+    } else if urls.config_document.is_some() {
+        ConfigDelivery::Url
+    } else {
+        ConfigDelivery::External
+    }
+}
+
+/// How a claim's configuration goes, said again from what is served for it (`None`: nothing
+/// is served yet, the next preparation says it). A pre-baked ISO carries its own.
+pub fn delivery_served(
+    mode: ProvisioningMode,
+    served: Option<&ArtifactUrls>,
+) -> Option<ConfigDelivery> {
+    match mode {
+        ProvisioningMode::PreBakedISO => Some(ConfigDelivery::External),
+        _ => served.map(delivery_of),
+    }
 }
 
 /// What the artifact server serves for the claim: the patched boot ISO, and the rendered
@@ -203,5 +223,39 @@ fn to_boot_mode(m: ProvisioningMode) -> boot::ProvisioningMode {
         ProvisioningMode::PreBakedISO => boot::ProvisioningMode::PreBakedISO,
         ProvisioningMode::RemoteConfig => boot::ProvisioningMode::RemoteConfig,
         ProvisioningMode::BootstrapData => boot::ProvisioningMode::BootstrapData,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(volume: bool, document: bool) -> ArtifactUrls {
+        ArtifactUrls {
+            token: "t".into(),
+            boot_iso: Some("https://a/boot.iso".into()),
+            config_volume: volume.then(|| "https://a/config.img".into()),
+            config_document: document.then(|| "https://a/config".into()),
+        }
+    }
+
+    #[test]
+    fn the_delivery_is_said_from_what_is_served() {
+        use ConfigDelivery::*;
+        use ProvisioningMode::*;
+        assert_eq!(
+            delivery_served(RemoteConfig, Some(&served(true, false))),
+            Some(Volume)
+        );
+        assert_eq!(
+            delivery_served(RemoteConfig, Some(&served(false, true))),
+            Some(Url)
+        );
+        assert_eq!(
+            delivery_served(RemoteConfig, Some(&served(false, false))),
+            Some(External)
+        );
+        assert_eq!(delivery_served(RemoteConfig, None), None);
+        assert_eq!(delivery_served(PreBakedISO, None), Some(External));
     }
 }

@@ -60,8 +60,28 @@ pub async fn reconcile(host: Arc<PhysicalHost>, ctx: Arc<Context>) -> Result<Act
     if host.metadata.deletion_timestamp.is_some() {
         ctx.bmcs.forget(&k).await;
         ctx.artifacts.revoke(&k);
+        ctx.forget_host_version(&k);
         return Ok(Action::await_change());
     }
+    // A pass writes the host twice or more (annotations, then status); the watch event of the
+    // first can start the next pass while the cache still holds that middle version, which lacks
+    // the status the pass wrote (the power request, the delivery). Planning from it would repeat
+    // a power-on, and the status apply would drop what it lacks: read the host afresh instead.
+    let host = if ctx.host_copy_may_be_stale(&k, host.as_ref()) {
+        let api = Api::<PhysicalHost>::namespaced(
+            ctx.client.clone(),
+            &host.namespace().unwrap_or_default(),
+        );
+        match api.get_opt(&host.name_any()).await? {
+            Some(fresh) => {
+                ctx.note_host_version(&k, &fresh);
+                Arc::new(fresh)
+            }
+            None => return Ok(Action::await_change()),
+        }
+    } else {
+        host
+    };
     let before = host.status.clone().unwrap_or_default();
     let mut status = before.clone();
     let generation = host.metadata.generation;
@@ -162,7 +182,17 @@ async fn pass(
         .clone()
         .or_else(|| host.annotations().get(BOOT_ISSUED_ANNOTATION).cloned());
     status.boot_issued_for = boot_issued_for.clone();
-    let registered = ctx.artifacts.urls_of(&key(host)).is_some();
+    let served = ctx.artifacts.urls_of(&key(host));
+    let registered = served.is_some();
+    // The status read may predate the pass that wrote the delivery (a lagging cache shows the
+    // host with the boot annotation but not yet that status), and the apply below would then
+    // drop it: what is served says it again. Only when unset: a refused second device keeps
+    // `URL` while the old registration is replaced.
+    if status.config_delivery.is_none()
+        && let Some((_, prov)) = claim
+    {
+        status.config_delivery = media::delivery_served(prov.mode, served.as_ref());
+    }
     let mut media = None;
     if let Some((consumer, prov)) = claim
         && plan::needs_media(
@@ -368,12 +398,14 @@ async fn write_status(
     }
     let patch =
         json!({"apiVersion": beskar7_api::API_VERSION, "kind": "PhysicalHost", "status": after});
-    Api::<PhysicalHost>::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default())
-        .patch_status(
-            &host.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+    let written =
+        Api::<PhysicalHost>::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default())
+            .patch_status(
+                &host.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    ctx.note_host_version(&key(host), &written);
     Ok(())
 }

@@ -188,13 +188,15 @@ async fn record_boot_issued(host: &PhysicalHost, ctx: &Context, claim: Option<&s
         // Released: the Node of the claim is no longer this host's.
         patch["metadata"]["annotations"][NODE_JOINED_ANNOTATION] = serde_json::Value::Null;
     }
-    Api::<PhysicalHost>::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default())
-        .patch(
-            &host.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+    let written =
+        Api::<PhysicalHost>::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default())
+            .patch(
+                &host.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+    ctx.note_host_version(&key(host), &written);
     Ok(())
 }
 
@@ -252,7 +254,10 @@ async fn take_lock(host: &PhysicalHost, ctx: &Context, claim: &str) -> Result<bo
         )
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(written) => {
+            ctx.note_host_version(&key(host), &written);
+            Ok(true)
+        }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
     }
