@@ -186,7 +186,9 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     {
         let store = store.clone();
         let bind = artifact_config.bind_address;
-        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("artifact server on {bind}: {e}"))?;
         info!(%bind, base = %artifact_config.external_base_url, "artifact server listening");
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, crate::artifacts::router(store)).await {

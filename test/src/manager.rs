@@ -44,8 +44,50 @@ impl ManagerProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> std::io::Result<ManagerProcess> {
+        // A port found free can be taken by another test before the manager binds it: start
+        // again on other ports when that is why it stopped.
+        let mut attempt = 1;
+        loop {
+            let mut manager = Self::spawn(binary, kubeconfig, extra, env)?;
+            match manager.wait_listening(std::time::Duration::from_secs(30)) {
+                Some(_) if attempt < 5 && manager.log_text().contains("Address already in use") => {
+                    attempt += 1;
+                }
+                _ => return Ok(manager),
+            }
+        }
+    }
+
+    /// Waits until the artifact server, the last listener the manager opens, listens; returns
+    /// the exit status if the process stopped first, `None` otherwise (also on timeout).
+    fn wait_listening(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if self.log_text().contains("artifact server listening") {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        None
+    }
+
+    fn spawn(
+        binary: &Path,
+        kubeconfig: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<ManagerProcess> {
         let dir = tempfile::tempdir()?;
-        let (metrics, health, artifacts) = (free_port(), free_port(), free_port());
+        // Held together so that the three are distinct.
+        let listeners: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<_>>()?;
+        let port = |i: usize| listeners[i].local_addr().map(|a| a.port());
+        let (metrics, health, artifacts) = (port(0)?, port(1)?, port(2)?);
+        drop(listeners);
         let log = dir.path().join("manager.log");
         let log_file = std::fs::File::create(&log)?;
         let key = dir.path().join("token.key");
