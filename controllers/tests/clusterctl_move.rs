@@ -123,6 +123,28 @@ async fn move_keeps_hosts_provisioned_without_new_bmc_calls() {
         },
     )
     .await;
+    // Both Nodes joined (the Machines are Running), so each host ejects its media and stops
+    // serving its bootstrap data: part of provisioning, and BMC requests, so done before the move.
+    eventually(
+        "media withdrawn on every host",
+        Duration::from_secs(120),
+        Some(&from_manager),
+        || async {
+            let list = Api::<PhysicalHost>::namespaced(from.clone(), NS)
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items;
+            (list.len() == hosts.len()
+                && list.iter().all(|h| {
+                    h.status
+                        .as_ref()
+                        .is_some_and(|s| s.config_withdrawn_at.is_some())
+                }))
+            .then_some(())
+        },
+    )
+    .await;
     let claims_before = host_claims(&from).await;
     assert_eq!(claims_before.len(), hosts.len());
     for (host, (consumer, state, issued)) in &claims_before {

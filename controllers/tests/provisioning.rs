@@ -9,60 +9,12 @@ mod support;
 use std::time::Duration;
 
 use beskar7_api::{Beskar7Machine, HostState, PhysicalHost};
-use beskar7_redfish as redfish;
-use beskar7_test::{BmcLab, ControlPlane, LabSystem};
+use beskar7_test::boot_bridge::read_bmc;
+use beskar7_test::{BmcLab, ControlPlane};
 use kube::api::{Api, DeleteParams, PostParams};
 use support::*;
 
 const NS: &str = "default";
-
-fn lab_client(s: &LabSystem, ca: &str) -> redfish::Client {
-    let mut config = redfish::ClientConfig::new(
-        s.address.clone(),
-        redfish::Credentials::new(s.username.clone(), s.password.clone()),
-    );
-    config.tls = redfish::Tls::CaBundle(ca.as_bytes().to_vec());
-    redfish::Client::new(config).unwrap()
-}
-
-/// What the emulator says about one system: (power, [(slot, image)], boot override target, enabled).
-async fn bmc_view(
-    s: &LabSystem,
-    ca: &str,
-) -> (
-    Option<String>,
-    Vec<(String, Option<String>)>,
-    Option<String>,
-    Option<String>,
-) {
-    let c = lab_client(s, ca);
-    let d = c.discover(Some(&s.system_id)).await.unwrap();
-    let power = c.power_state(&d).await.unwrap();
-    let mut slots = Vec::new();
-    for slot in &d.slots {
-        let fresh = c.read_slot(&slot.path).await.unwrap();
-        slots.push((
-            slot.path.clone(),
-            fresh.media.current_image().map(str::to_string),
-        ));
-    }
-    let sys: serde_json::Value = c
-        .get::<serde_json::Value>(&d.system_path)
-        .await
-        .unwrap()
-        .value;
-    let boot = &sys["Boot"];
-    (
-        power,
-        slots,
-        boot["BootSourceOverrideTarget"]
-            .as_str()
-            .map(str::to_string),
-        boot["BootSourceOverrideEnabled"]
-            .as_str()
-            .map(str::to_string),
-    )
-}
 
 async fn host_state(client: &kube::Client, name: &str) -> Option<HostState> {
     Api::<PhysicalHost>::namespaced(client.clone(), NS)
@@ -211,13 +163,13 @@ async fn machines_get_hosts_booted_with_their_config_and_give_them_back() {
     // The BMC of machine 1: our boot ISO and config volume inserted, one-time boot to CD, power On.
     let index = |host: &str| hosts.iter().position(|h| h == host).unwrap();
     let s1 = &lab.systems[index(&claimed[0])];
-    let (power, slots, target, enabled) = bmc_view(s1, &lab.ca_pem).await;
-    assert_eq!(power.as_deref(), Some("On"));
-    assert_eq!(target.as_deref(), Some("Cd"));
+    let view = read_bmc(s1, &lab.ca_pem).await.unwrap();
+    assert_eq!(view.power.as_deref(), Some("On"));
     // sushy-tools stores the target but always reports `Continuous`; that we PATCH `Once` is
     // checked on the wire by the redfish crate's request-shape tests.
-    let _ = enabled;
-    let images: Vec<&str> = slots.iter().filter_map(|(_, i)| i.as_deref()).collect();
+    assert_eq!(view.boot_target.as_deref(), Some("Cd"));
+    let slots = &view.slots;
+    let images: Vec<&str> = view.inserted().filter_map(|s| s.image.as_deref()).collect();
     let boot_url = images
         .iter()
         .find(|i| i.ends_with("/boot.iso"))
@@ -269,10 +221,10 @@ async fn machines_get_hosts_booted_with_their_config_and_give_them_back() {
 
     // Machine 2 (RemoteConfig): the served ISO's GRUB config carries Kairos' config_url argument.
     let s2 = &lab.systems[index(&claimed[1])];
-    let (_, slots2, _, _) = bmc_view(s2, &lab.ca_pem).await;
-    let boot2 = slots2
-        .iter()
-        .filter_map(|(_, i)| i.clone())
+    let view2 = read_bmc(s2, &lab.ca_pem).await.unwrap();
+    let boot2 = view2
+        .inserted()
+        .filter_map(|s| s.image.clone())
         .find(|i| i.ends_with("/boot.iso"))
         .expect("m2 boot ISO");
     let patched = reqwest::get(&boot2).await.unwrap().bytes().await.unwrap();
@@ -321,12 +273,9 @@ async fn machines_get_hosts_booted_with_their_config_and_give_them_back() {
         },
     )
     .await;
-    let (power, slots, _, _) = bmc_view(s1, &lab.ca_pem).await;
-    assert_eq!(power.as_deref(), Some("Off"));
-    assert!(
-        slots.iter().all(|(_, i)| i.is_none()),
-        "media left inserted: {slots:?}"
-    );
+    let view = read_bmc(s1, &lab.ca_pem).await.unwrap();
+    assert_eq!(view.power.as_deref(), Some("Off"));
+    assert_eq!(view.inserted().count(), 0, "media left inserted: {view:?}");
     let released = Api::<PhysicalHost>::namespaced(client.clone(), NS)
         .get(&claimed[0])
         .await

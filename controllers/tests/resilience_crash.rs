@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use beskar7_api::{Beskar7Machine, HostState, PhysicalHost};
-use beskar7_redfish as redfish;
-use beskar7_test::bmc_proxy::ProxyRecord;
-use beskar7_test::{BmcLab, BmcProxy, ControlPlane, LabSystem};
-use kube::api::{Api, DeleteParams, ListParams};
+use beskar7_test::bmc_proxy::{Fault, FaultRule, ProxyRecord};
+use beskar7_test::boot_bridge::read_bmc;
+use beskar7_test::{BmcLab, BmcProxy, ControlPlane};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use support::*;
 
 const NS: &str = "default";
@@ -58,29 +58,6 @@ fn seed() -> u64 {
         .max(1)
 }
 
-/// What the emulator itself says (not through the proxy): power and each slot's image.
-async fn bmc_view(s: &LabSystem, ca: &str) -> (Option<String>, Vec<(String, Option<String>)>) {
-    let mut config = redfish::ClientConfig::new(
-        s.address.clone(),
-        redfish::Credentials::new(s.username.clone(), s.password.clone()),
-    );
-    config.tls = redfish::Tls::CaBundle(ca.as_bytes().to_vec());
-    let c = redfish::Client::new(config).unwrap();
-    let d = c.discover(Some(&s.system_id)).await.unwrap();
-    let power = c.power_state(&d).await.unwrap();
-    let mut slots = Vec::new();
-    for slot in &d.slots {
-        let fresh = c.read_slot(&slot.path).await.unwrap();
-        let image = fresh
-            .media
-            .current_image()
-            .map(str::to_string)
-            .filter(|i| !i.is_empty());
-        slots.push((slot.path.clone(), image));
-    }
-    (power, slots)
-}
-
 fn describe(reqs: &[ProxyRecord]) -> String {
     reqs.iter()
         .filter(|r| r.method != "GET" || r.power_state.is_some())
@@ -105,6 +82,42 @@ fn describe(reqs: &[ProxyRecord]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A kill can land while a request is in flight: the BMC carried it out but the proxy logged no
+/// answer (status None). Such a request counts as sent; the emulator's own view says whether it
+/// took effect.
+fn sent(r: &ProxyRecord) -> bool {
+    r.succeeded() || r.status.is_none()
+}
+
+/// Power: after the first power-on nothing powers the system off or restarts it, and no power-on
+/// follows once the BMC said On.
+fn assert_powered_on_once(log: &[ProxyRecord], ctx: &dyn Fn() -> String) {
+    let first_on = log
+        .iter()
+        .position(|r| sent(r) && r.reset_type() == Some("On"))
+        .unwrap_or_else(|| panic!("never powered on; {}", ctx()));
+    let mut seen_on = false;
+    for r in &log[first_on + 1..] {
+        if r.power_state.as_deref() == Some("On") {
+            seen_on = true;
+        }
+        match r.reset_type() {
+            Some("On") => assert!(
+                !seen_on,
+                "power-on sent after the BMC reported On (seq {}); {}",
+                r.seq,
+                ctx()
+            ),
+            Some(other) => panic!(
+                "second power cycle: {other} after the claim's power-on (seq {}); {}",
+                r.seq,
+                ctx()
+            ),
+            None => {}
+        }
+    }
 }
 
 /// Kills (SIGKILL: `Child::kill`) and restarts the manager at random points until `done`
@@ -278,42 +291,13 @@ async fn manager_killed_at_random_points_never_double_boots_or_leaves_stale_medi
         for r in log.iter().filter(|r| r.inserted_image().is_some()) {
             assert_eq!(r.inserted_image(), Some(want.as_str()), "{}", ctx());
         }
-        // A kill can land while a request is in flight: the BMC carried it out but the proxy
-        // logged no answer (status None). Such a request counts as sent; sushy's own view below
-        // says whether it took effect.
-        let sent = |r: &beskar7_test::bmc_proxy::ProxyRecord| r.succeeded() || r.status.is_none();
         assert!(
             log.iter()
                 .any(|r| sent(r) && r.inserted_image() == Some(want.as_str())),
             "the image was never inserted; {}",
             ctx()
         );
-        // Power: after the first power-on nothing powers the system off or restarts it, and no
-        // power-on follows once the BMC said On.
-        let first_on = log
-            .iter()
-            .position(|r| sent(r) && r.reset_type() == Some("On"))
-            .unwrap_or_else(|| panic!("never powered on; {}", ctx()));
-        let mut seen_on = false;
-        for r in &log[first_on + 1..] {
-            if r.power_state.as_deref() == Some("On") {
-                seen_on = true;
-            }
-            match r.reset_type() {
-                Some("On") => assert!(
-                    !seen_on,
-                    "power-on sent after the BMC reported On (seq {}); {}",
-                    r.seq,
-                    ctx()
-                ),
-                Some(other) => panic!(
-                    "second power cycle: {other} after the claim's power-on (seq {}); {}",
-                    r.seq,
-                    ctx()
-                ),
-                None => {}
-            }
-        }
+        assert_powered_on_once(&log, &ctx);
         let ons = log.iter().filter(|r| r.reset_type() == Some("On")).count();
         eprintln!(
             "{}: m-{mi:02}, {} requests, {ons} power-on POSTs",
@@ -321,9 +305,9 @@ async fn manager_killed_at_random_points_never_double_boots_or_leaves_stale_medi
             log.len()
         );
         // The emulator's own view.
-        let (power, slots) = bmc_view(&lab.systems[hi], &lab.ca_pem).await;
-        assert_eq!(power.as_deref(), Some("On"), "{}", ctx());
-        let images_now: Vec<&str> = slots.iter().filter_map(|(_, i)| i.as_deref()).collect();
+        let view = read_bmc(&lab.systems[hi], &lab.ca_pem).await.unwrap();
+        assert_eq!(view.power.as_deref(), Some("On"), "{}", ctx());
+        let images_now: Vec<&str> = view.inserted().filter_map(|s| s.image.as_deref()).collect();
         assert_eq!(images_now, vec![want.as_str()], "{}", ctx());
         release_from.push(log.last().map(|r| r.seq + 1).unwrap_or(0));
     }
@@ -376,13 +360,192 @@ async fn manager_killed_at_random_points_never_double_boots_or_leaves_stale_medi
             "media never ejected; {}",
             ctx()
         );
-        let (power, slots) = bmc_view(&lab.systems[hi], &lab.ca_pem).await;
-        assert_eq!(power.as_deref(), Some("Off"), "{}", ctx());
-        assert!(
-            slots.iter().all(|(_, i)| i.is_none()),
-            "media left in {slots:?}; {}",
+        let view = read_bmc(&lab.systems[hi], &lab.ca_pem).await.unwrap();
+        assert_eq!(view.power.as_deref(), Some("Off"), "{}", ctx());
+        assert_eq!(
+            view.inserted().count(),
+            0,
+            "media left in {view:?}; {}",
             ctx()
         );
     }
     drop(manager);
+}
+
+/// BootstrapData mode: the manager serves each machine's patched boot ISO and its config volume
+/// (the CAPI bootstrap data) itself, and the BMC fetches them while it inserts. The manager is
+/// SIGKILLed while those inserts are in flight and restarted as a container is (same flags,
+/// ports, token key). The URLs it serves again are the same ones: every insert any BMC was
+/// sent is of its claim's final URLs, they still serve with that machine's bootstrap data and
+/// no other's, and nothing is powered on twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_while_the_bmc_fetches_keep_the_served_urls_and_boot_once() {
+    const N: usize = 3;
+    const KILLS: usize = 3;
+    beskar7_test::install_crypto_provider();
+    let cp = ControlPlane::builder()
+        .with_capi()
+        .start()
+        .await
+        .expect("control plane with CAPI");
+    let lab = BmcLab::start(N).await.expect("BMC lab");
+    let client = cp.client();
+    let work = tempfile::tempdir().unwrap();
+    let iso = beskar7_test::fixtures::build_test_iso(work.path(), "/boot/grub/grub.cfg").unwrap();
+    let image_url = lab.add_image("kairos.iso", &iso).unwrap();
+    let mut proxies = Vec::new();
+    let mut hosts = Vec::new();
+    for (i, system) in lab.systems.iter().enumerate() {
+        let proxy = BmcProxy::start(&lab).await.expect("BMC proxy");
+        let name = format!("fetch-{i:02}");
+        beskar7_test::fixtures::enroll_via_proxy(&client, NS, &name, system, &proxy, &[])
+            .await
+            .expect("enrol through the proxy");
+        // The first insert waits before it reaches the BMC: a window to kill the manager in.
+        proxy.inject(
+            FaultRule::times(Fault::Stall(Duration::from_secs(3)), 1)
+                .method("POST")
+                .path_contains("InsertMedia"),
+        );
+        proxies.push(proxy);
+        hosts.push(name);
+    }
+    let host_api: Api<PhysicalHost> = Api::namespaced(client.clone(), NS);
+    let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);
+    let mut manager = start_manager(&cp, &[]);
+    eventually(
+        "all hosts Available",
+        Duration::from_secs(120),
+        Some(&manager),
+        || async {
+            let list = host_api.list(&ListParams::default()).await.ok()?.items;
+            (list.len() == N
+                && list
+                    .iter()
+                    .all(|h| h.status.as_ref().and_then(|s| s.state) == Some(HostState::Available)))
+            .then_some(())
+        },
+    )
+    .await;
+
+    create_cluster(&client, NS, "fetch").await;
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS);
+    let marker = |mi: usize| format!("join-token-of-m-{mi:02}");
+    for mi in 0..N {
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("m-{mi:02}-bootstrap")},
+                    "stringData": {
+                        "value": format!("#cloud-config\nruncmd: [echo {}]\n", marker(mi)),
+                        "format": "cloud-config",
+                    },
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let spec = serde_json::json!({"osFamily": "kairos", "imageURL": image_url});
+        let name = format!("m-{mi:02}");
+        create_machine(
+            &client,
+            NS,
+            "fetch",
+            &name,
+            spec,
+            &format!("{name}-bootstrap"),
+        )
+        .await;
+    }
+
+    // Kill whenever an insert is in flight (each seen once), at most KILLS times.
+    let start = Instant::now();
+    let mut killed_at: Vec<(usize, u64)> = Vec::new();
+    loop {
+        let provisioned = machines.list(&ListParams::default()).await.is_ok_and(|l| {
+            l.items.len() == N
+                && l.items.iter().all(|m| {
+                    m.status
+                        .as_ref()
+                        .and_then(|s| s.initialization.as_ref()?.provisioned)
+                        == Some(true)
+                })
+        });
+        if provisioned {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "not provisioned after 300 s ({} kills)\nmanager log:\n{}",
+            killed_at.len(),
+            manager.log_tail(80)
+        );
+        if killed_at.len() < KILLS {
+            let in_flight = proxies.iter().enumerate().find_map(|(hi, p)| {
+                p.requests()
+                    .into_iter()
+                    .find(|r| {
+                        r.inserted_image().is_some()
+                            && r.status.is_none()
+                            && !killed_at.contains(&(hi, r.seq))
+                    })
+                    .map(|r| (hi, r.seq))
+            });
+            if let Some(at) = in_flight {
+                eprintln!("SIGKILL while {} inserts (seq {})", hosts[at.0], at.1);
+                manager.restart().expect("manager restarted");
+                killed_at.push(at);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !killed_at.is_empty(),
+        "no kill landed while an insert was in flight: the test proved nothing"
+    );
+
+    let mut seen_markers = Vec::new();
+    for m in machines.list(&ListParams::default()).await.unwrap().items {
+        let name = m.metadata.name.clone().unwrap();
+        let mi: usize = name.trim_start_matches("m-").parse().unwrap();
+        let host = m.status.unwrap().host_ref.unwrap().name;
+        let hi = hosts.iter().position(|h| *h == host).unwrap();
+        let log = proxies[hi].requests();
+        let ctx = || format!("host {host} ({name}):\n{}", describe(&log));
+        let view = read_bmc(&lab.systems[hi], &lab.ca_pem).await.unwrap();
+        assert_eq!(view.power.as_deref(), Some("On"), "{}", ctx());
+        let now: Vec<String> = view.inserted().filter_map(|s| s.image.clone()).collect();
+        assert!(
+            now.iter().any(|u| u.ends_with("/boot.iso")) && now.len() == 2,
+            "boot ISO and config volume inserted: {now:?}; {}",
+            ctx()
+        );
+        // Every insert the BMC was ever sent, before and after the kills, is of these URLs.
+        for r in log.iter().filter(|r| r.inserted_image().is_some()) {
+            let url = r.inserted_image().unwrap();
+            assert!(
+                now.iter().any(|u| u == url),
+                "{url} inserted, but the claim is served under {now:?}; {}",
+                ctx()
+            );
+        }
+        for url in &now {
+            let r = reqwest::get(url).await.unwrap();
+            assert_eq!(r.status(), 200, "{url} no longer served; {}", ctx());
+            let bytes = r.bytes().await.unwrap();
+            let has = |m: &str| bytes.windows(m.len()).any(|w| w == m.as_bytes());
+            if !url.ends_with("/boot.iso") {
+                assert!(has(&marker(mi)), "{url} lacks {name}'s bootstrap data");
+                for other in (0..N).filter(|o| *o != mi) {
+                    assert!(!has(&marker(other)), "{url} holds m-{other:02}'s data");
+                }
+                seen_markers.push(mi);
+            }
+        }
+        assert_powered_on_once(&log, &ctx);
+    }
+    seen_markers.sort();
+    assert_eq!(seen_markers, (0..N).collect::<Vec<_>>());
+    eprintln!("kills at inserts in flight: {killed_at:?}");
 }

@@ -21,6 +21,10 @@ pub struct ManagerProcess {
     pub metrics: String,
     pub health: String,
     pub artifacts: String,
+    /// What [`ManagerProcess::restart`] starts again.
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -61,12 +65,26 @@ impl ManagerProcess {
     /// Waits until the artifact server, the last listener the manager opens, listens; returns
     /// the exit status if the process stopped first, `None` otherwise (also on timeout).
     fn wait_listening(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        self.wait_listening_since(0, timeout)
+    }
+
+    /// [`ManagerProcess::wait_listening`] on the log from byte `from` on.
+    fn wait_listening_since(
+        &mut self,
+        from: usize,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
         let start = std::time::Instant::now();
         while start.elapsed() < timeout {
             if let Some(status) = self.try_wait() {
                 return Some(status);
             }
-            if self.log_text().contains("artifact server listening") {
+            if self
+                .log_text()
+                .get(from..)
+                .unwrap_or_default()
+                .contains("artifact server listening")
+            {
                 return None;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
@@ -89,53 +107,96 @@ impl ManagerProcess {
         let (metrics, health, artifacts) = (port(0)?, port(1)?, port(2)?);
         drop(listeners);
         let log = dir.path().join("manager.log");
-        let log_file = std::fs::File::create(&log)?;
+        std::fs::File::create(&log)?;
         let key = dir.path().join("token.key");
         std::fs::write(&key, b"beskar7-test-artifact-token-key-0123456789")?;
-        let mut cmd = Command::new(binary);
-        cmd.arg("manager")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--host-refresh-seconds", "20"])
-            .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
-            .args([
-                "--health-probe-bind-address",
-                &format!("127.0.0.1:{health}"),
-            ])
-            .args(["--artifact-bind-address", &format!("127.0.0.1:{artifacts}")])
-            .args([
-                "--artifact-base-url",
-                &format!("http://127.0.0.1:{artifacts}"),
-            ])
-            .arg("--artifact-cache-dir")
-            .arg(dir.path().join("cache"))
-            .arg("--artifact-token-key-file")
-            .arg(&key);
+        let mut args: Vec<std::ffi::OsString> = vec!["manager".into(), "--kubeconfig".into()];
+        args.push(kubeconfig.into());
+        for a in [
+            "--host-refresh-seconds=20".to_string(),
+            format!("--metrics-bind-address=127.0.0.1:{metrics}"),
+            format!("--health-probe-bind-address=127.0.0.1:{health}"),
+            format!("--artifact-bind-address=127.0.0.1:{artifacts}"),
+            format!("--artifact-base-url=http://127.0.0.1:{artifacts}"),
+        ] {
+            args.push(a.into());
+        }
+        args.push("--artifact-cache-dir".into());
+        args.push(dir.path().join("cache").into());
+        args.push("--artifact-token-key-file".into());
+        args.push(key.into());
         if !extra.iter().any(|a| a.starts_with("--webhook-port")) {
             // Tests that exercise the webhooks pass their own port and certificate dir.
-            cmd.arg("--webhook-port=0");
+            args.push("--webhook-port=0".into());
         }
         if !extra.iter().any(|a| a.starts_with("--leader-elect")) {
-            cmd.arg("--leader-elect=false");
+            args.push("--leader-elect=false".into());
         }
-        cmd.args(extra)
-            .env_remove("KUBECONFIG")
-            .env_remove("POD_NAMESPACE")
-            .env("RUST_LOG", "info,beskar7_controllers=debug,kube=warn")
-            .env("RUST_BACKTRACE", "0")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        let child = cmd.spawn()?;
+        args.extend(extra.iter().map(Into::into));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = Self::launch(binary, &args, &env, &log)?;
         Ok(ManagerProcess {
             child,
             log,
             metrics: format!("http://127.0.0.1:{metrics}"),
             health: format!("http://127.0.0.1:{health}"),
             artifacts: format!("http://127.0.0.1:{artifacts}"),
+            program: binary.to_path_buf(),
+            args,
+            env,
             _dir: dir,
         })
+    }
+
+    fn launch(
+        program: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> std::io::Result<Child> {
+        let log_file = std::fs::OpenOptions::new().append(true).open(log)?;
+        Command::new(program)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env_remove("POD_NAMESPACE")
+            .env("RUST_LOG", "info,beskar7_controllers=debug,kube=warn")
+            .env("RUST_BACKTRACE", "0")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+    }
+
+    /// SIGKILLs the manager (no graceful shutdown) and starts it again with the same flags,
+    /// ports and directories, as a restarted container is: the same artifact base URL and token
+    /// key, so what it registers again is served under the same URLs. The log goes on in the
+    /// same file.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..50 {
+            let from = self.log_text().len();
+            self.child = Self::launch(&self.program, &self.args, &self.env, &self.log)?;
+            let stopped = self.wait_listening_since(from, std::time::Duration::from_secs(30));
+            // The ports are this manager's; a socket of the killed one may linger a moment.
+            if stopped.is_none()
+                || !self
+                    .log_text()
+                    .get(from..)
+                    .unwrap_or_default()
+                    .contains("Address already in use")
+            {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Err(std::io::Error::other(
+            "manager ports still in use after restarts",
+        ))
     }
 
     /// The log so far (lossy: whatever bytes a line holds, its text is searchable).
