@@ -96,8 +96,12 @@ impl Context {
     /// The PhysicalHosts of namespace `ns` (all namespaces: None) from the host controller's
     /// cache; a LIST from the API server only until that cache has synced.
     pub async fn cached_hosts(&self, ns: Option<&str>) -> Result<Vec<Arc<PhysicalHost>>> {
+        // Bounded: a reconcile never waits on another controller's cache; until it has synced
+        // the API server answers.
         if let Some(store) = self.hosts.get()
-            && store.wait_until_ready().await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready())
+                .await
+                .is_ok_and(|r| r.is_ok())
         {
             return Ok(store
                 .state()
