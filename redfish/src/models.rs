@@ -461,7 +461,54 @@ resource_struct!(EthernetInterface {
     mac_address: String,
     #[serde(rename = "PermanentMACAddress")]
     permanent_mac_address: String,
+    #[serde(rename = "IPv4Addresses")]
+    ipv4_addresses: Vec<IpAddress>,
+    #[serde(rename = "IPv6Addresses")]
+    ipv6_addresses: Vec<IpAddress>,
+    /// `HostInterface` here marks the host's end of the BMC's own link (Redfish Host Interface).
+    #[serde(rename = "Links")]
+    links: Map<String, Value>,
 });
+
+object_struct!(
+    /// One entry of an interface's `IPv4Addresses` or `IPv6Addresses`.
+    IpAddress {
+        #[serde(rename = "Address")]
+        address: String,
+    }
+);
+
+impl EthernetInterface {
+    /// The addresses the BMC reports for this interface that reach the host from the network:
+    /// none of the Host Interface (the host's end of the BMC's internal link, e.g.
+    /// 169.254.x.x), and no link-local or unspecified ones.
+    pub fn routable_addresses(&self) -> Vec<std::net::IpAddr> {
+        if self
+            .links
+            .as_ref()
+            .is_some_and(|l| l.contains_key("HostInterface"))
+        {
+            return Vec::new();
+        }
+        let v4 = self.ipv4_addresses.iter().flatten();
+        let v6 = self.ipv6_addresses.iter().flatten();
+        v4.chain(v6)
+            .filter_map(|a| {
+                a.address
+                    .as_deref()?
+                    .trim()
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+            })
+            .filter(|ip| match ip {
+                std::net::IpAddr::V4(a) => !(a.is_unspecified() || a.is_link_local()),
+                std::net::IpAddr::V6(a) => {
+                    !(a.is_unspecified() || a.is_unicast_link_local() || a.is_loopback())
+                }
+            })
+            .collect()
+    }
+}
 
 object_struct!(
     /// One entry of `@Message.ExtendedInfo` or of a task's `Messages`.

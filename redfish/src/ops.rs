@@ -169,6 +169,9 @@ pub struct Inventory {
     pub cpu_count: Option<u64>,
     pub memory_gib: Option<f64>,
     pub nic_macs: Vec<String>,
+    /// Routable addresses the BMC reports on the host's NICs, in the BMC's order (often none:
+    /// many BMCs learn them only from an agent in the running OS).
+    pub nic_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Power changes, each a no-op when the system is already there.
@@ -459,10 +462,16 @@ impl Client {
     pub async fn inventory(&self, d: &Discovery) -> Result<Inventory> {
         let s = &d.system;
         let mut macs = Vec::new();
+        let mut addresses = Vec::new();
         if let Some(p) = s.ethernet_interfaces.as_ref().and_then(|e| e.path()) {
             let c: Collection = self.get(p).await?.value;
             for m in c.member_paths() {
                 let nic: EthernetInterface = self.get(&m).await?.value;
+                for ip in nic.routable_addresses() {
+                    if !addresses.contains(&ip) {
+                        addresses.push(ip);
+                    }
+                }
                 if let Some(mac) = nic
                     .mac_address
                     .or(nic.permanent_mac_address)
@@ -486,6 +495,7 @@ impl Client {
                 .as_ref()
                 .and_then(|m| m.total_system_memory_gib),
             nic_macs: macs,
+            nic_addresses: addresses,
         })
     }
 

@@ -366,3 +366,20 @@ async fn probe_reports_never_leak_the_password() {
         assert!(report.boot_media.is_some(), "{m}: {v}");
     }
 }
+
+/// The rackmount mockup's system has four EthernetInterfaces: two NICs and a VLAN with static
+/// addresses, and `ToManager`, the Redfish Host Interface (the host's end of the BMC link).
+/// Every IPv6 address in them is link-local.
+#[tokio::test]
+async fn dmtf_rackmount_nic_addresses_skip_host_interface_and_link_local() {
+    let srv = Server::mockup("dmtf-public-rackmount1", None).await;
+    let c = srv.client();
+    let d = c.discover(None).await.unwrap();
+    let inv = c.inventory(&d).await.unwrap();
+    let got: Vec<String> = inv.nic_addresses.iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        got,
+        ["192.168.0.10", "192.168.0.11", "192.168.150.236"],
+        "{inv:?}"
+    );
+}

@@ -1,6 +1,8 @@
 //! What the BMC says about the server, as the PhysicalHost status shows it.
 
-use beskar7_api::{BmcDetails, HardwareDetails, Nic, VirtualMediaSlotInfo};
+use beskar7_api::{
+    BmcDetails, HardwareDetails, MachineAddress, MachineAddressType, Nic, VirtualMediaSlotInfo,
+};
 use beskar7_redfish as redfish;
 
 pub fn hardware_details(inv: &redfish::Inventory) -> HardwareDetails {
@@ -20,6 +22,18 @@ pub fn hardware_details(inv: &redfish::Inventory) -> HardwareDetails {
             })
             .collect(),
     }
+}
+
+/// The host's NIC addresses as the BMC reported them when it was inventoried (as Metal3 takes
+/// them from inspection): CAPI copies them to the Machine.
+pub fn addresses(inv: &redfish::Inventory) -> Vec<MachineAddress> {
+    inv.nic_addresses
+        .iter()
+        .map(|ip| MachineAddress {
+            type_: MachineAddressType::InternalIP,
+            address: ip.to_string(),
+        })
+        .collect()
 }
 
 pub fn bmc_details(d: &redfish::Discovery) -> BmcDetails {

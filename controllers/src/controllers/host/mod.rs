@@ -251,7 +251,9 @@ async fn connect(
     );
     status.observed_power_state = power.clone();
     if status.hardware_details.is_none() || status.state.is_none_or(|s| s == HostState::Enrolling) {
-        status.hardware_details = Some(inventory::hardware_details(&client.inventory(&d).await?));
+        let inv = client.inventory(&d).await?;
+        status.hardware_details = Some(inventory::hardware_details(&inv));
+        status.addresses = inventory::addresses(&inv);
     }
     status.bmc = Some(inventory::bmc_details(&d));
     let Some(boot_slot) = d.boot_slot() else {
