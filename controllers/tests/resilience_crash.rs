@@ -84,6 +84,43 @@ fn describe(reqs: &[ProxyRecord]) -> String {
         .join("\n")
 }
 
+/// Enrols every lab system as `<prefix>-NN`, each behind its own recording proxy.
+async fn enroll_behind_proxies(
+    client: &kube::Client,
+    lab: &BmcLab,
+    prefix: &str,
+) -> (Vec<String>, Vec<BmcProxy>) {
+    let mut hosts = Vec::new();
+    let mut proxies = Vec::new();
+    for (i, system) in lab.systems.iter().enumerate() {
+        let proxy = BmcProxy::start(lab).await.expect("BMC proxy");
+        let name = format!("{prefix}-{i:02}");
+        beskar7_test::fixtures::enroll_via_proxy(client, NS, &name, system, &proxy, &[])
+            .await
+            .expect("enrol through the proxy");
+        proxies.push(proxy);
+        hosts.push(name);
+    }
+    (hosts, proxies)
+}
+
+async fn wait_all_available(host_api: &Api<PhysicalHost>, n: usize, manager: &Manager) {
+    eventually(
+        "all hosts Available",
+        Duration::from_secs(120),
+        Some(manager),
+        || async {
+            let list = host_api.list(&ListParams::default()).await.ok()?.items;
+            (list.len() == n
+                && list
+                    .iter()
+                    .all(|h| h.status.as_ref().and_then(|s| s.state) == Some(HostState::Available)))
+            .then_some(())
+        },
+    )
+    .await;
+}
+
 /// A kill can land while a request is in flight: the BMC carried it out but the proxy logged no
 /// answer (status None). Such a request counts as sent; the emulator's own view says whether it
 /// took effect.
@@ -180,17 +217,7 @@ async fn manager_killed_at_random_points_never_double_boots_or_leaves_stale_medi
         .expect("control plane with CAPI");
     let lab = BmcLab::start(MACHINES).await.expect("BMC lab");
     let client = cp.client();
-    let mut proxies = Vec::new();
-    let mut hosts = Vec::new();
-    for (i, system) in lab.systems.iter().enumerate() {
-        let proxy = BmcProxy::start(&lab).await.expect("BMC proxy");
-        let name = format!("server-{i:02}");
-        beskar7_test::fixtures::enroll_via_proxy(&client, NS, &name, system, &proxy, &[])
-            .await
-            .expect("enrol through the proxy");
-        proxies.push(proxy);
-        hosts.push(name);
-    }
+    let (hosts, proxies) = enroll_behind_proxies(&client, &lab, "server").await;
     let images: Vec<String> = (0..MACHINES)
         .map(|i| {
             lab.add_image(
@@ -204,20 +231,7 @@ async fn manager_killed_at_random_points_never_double_boots_or_leaves_stale_medi
     let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);
 
     let manager = start_manager(&cp, &[]);
-    eventually(
-        "all hosts Available",
-        Duration::from_secs(120),
-        Some(&manager),
-        || async {
-            let list = host_api.list(&ListParams::default()).await.ok()?.items;
-            (list.len() == MACHINES
-                && list
-                    .iter()
-                    .all(|h| h.status.as_ref().and_then(|s| s.state) == Some(HostState::Available)))
-            .then_some(())
-        },
-    )
-    .await;
+    wait_all_available(&host_api, MACHINES, &manager).await;
     let _dump = spawn_progress_dump(client.clone(), NS, Duration::from_secs(60));
 
     create_cluster(&client, NS, "crash").await;
@@ -393,40 +407,19 @@ async fn kills_while_the_bmc_fetches_keep_the_served_urls_and_boot_once() {
     let work = tempfile::tempdir().unwrap();
     let iso = beskar7_test::fixtures::build_test_iso(work.path(), "/boot/grub/grub.cfg").unwrap();
     let image_url = lab.add_image("kairos.iso", &iso).unwrap();
-    let mut proxies = Vec::new();
-    let mut hosts = Vec::new();
-    for (i, system) in lab.systems.iter().enumerate() {
-        let proxy = BmcProxy::start(&lab).await.expect("BMC proxy");
-        let name = format!("fetch-{i:02}");
-        beskar7_test::fixtures::enroll_via_proxy(&client, NS, &name, system, &proxy, &[])
-            .await
-            .expect("enrol through the proxy");
+    let (hosts, proxies) = enroll_behind_proxies(&client, &lab, "fetch").await;
+    for proxy in &proxies {
         // The first insert waits before it reaches the BMC: a window to kill the manager in.
         proxy.inject(
             FaultRule::times(Fault::Stall(Duration::from_secs(3)), 1)
                 .method("POST")
                 .path_contains("InsertMedia"),
         );
-        proxies.push(proxy);
-        hosts.push(name);
     }
     let host_api: Api<PhysicalHost> = Api::namespaced(client.clone(), NS);
     let machines: Api<Beskar7Machine> = Api::namespaced(client.clone(), NS);
     let mut manager = start_manager(&cp, &[]);
-    eventually(
-        "all hosts Available",
-        Duration::from_secs(120),
-        Some(&manager),
-        || async {
-            let list = host_api.list(&ListParams::default()).await.ok()?.items;
-            (list.len() == N
-                && list
-                    .iter()
-                    .all(|h| h.status.as_ref().and_then(|s| s.state) == Some(HostState::Available)))
-            .then_some(())
-        },
-    )
-    .await;
+    wait_all_available(&host_api, N, &manager).await;
 
     create_cluster(&client, NS, "fetch").await;
     let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS);
