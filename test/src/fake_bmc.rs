@@ -992,13 +992,25 @@ pub mod stand_in {
         prefix: &str,
         concurrency: usize,
     ) -> Result<Vec<String>, kube::Error> {
+        enroll_range(client, ns, bmc, prefix, 0..bmc.systems.len(), &[], concurrency).await
+    }
+
+    /// [`enroll`] for the systems in `systems` only, each host labelled with `labels` (e.g. a
+    /// `--watch-filter` shard).
+    pub async fn enroll_range(
+        client: &kube::Client,
+        ns: &str,
+        bmc: &FakeBmc,
+        prefix: &str,
+        systems: std::ops::Range<usize>,
+        labels: &[(&str, &str)],
+        concurrency: usize,
+    ) -> Result<Vec<String>, kube::Error> {
         use futures::StreamExt;
-        let names: Vec<String> = (0..bmc.systems.len())
-            .map(|i| format!("{prefix}-{i:04}"))
-            .collect();
+        let names: Vec<String> = systems.clone().map(|i| format!("{prefix}-{i:04}")).collect();
         let results: Vec<Result<_, kube::Error>> =
-            futures::stream::iter(names.iter().zip(&bmc.systems))
-                .map(|(name, s)| crate::fixtures::enroll(client, ns, name, s, None, &[]))
+            futures::stream::iter(names.iter().zip(&bmc.systems[systems]))
+                .map(|(name, s)| crate::fixtures::enroll(client, ns, name, s, None, labels))
                 .buffer_unordered(concurrency.max(1))
                 .collect()
                 .await;

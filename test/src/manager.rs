@@ -13,6 +13,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What [`ManagerProcess`] sets where the released defaults would make tests slow or quiet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tuning {
+    /// A 20 s host refresh and debug logs of the controllers.
+    Tests,
+    /// The flags' defaults and `info` logging.
+    Defaults,
+}
+
 /// The manager process, killed on drop. Its log (text) is in [`ManagerProcess::log`].
 pub struct ManagerProcess {
     child: Child,
@@ -39,6 +48,17 @@ impl ManagerProcess {
         Self::start_with(binary, cp.kubeconfig_path(), extra, &[])
     }
 
+    /// Like [`ManagerProcess::start`] but with the released defaults where tests tune the
+    /// manager: the default host refresh interval and `info` logging (benchmarks measure what a
+    /// user runs). Loopback ports, the token key and leader election off stay as in `start`.
+    pub fn start_with_defaults(
+        binary: &Path,
+        cp: &ControlPlane,
+        extra: &[&str],
+    ) -> std::io::Result<ManagerProcess> {
+        Self::start_tuned(binary, cp.kubeconfig_path(), extra, &[], Tuning::Defaults)
+    }
+
     /// Like [`ManagerProcess::start`] with another kubeconfig (e.g. a ServiceAccount token's)
     /// and environment overrides (e.g. a more verbose `RUST_LOG`). The runner's `KUBECONFIG`
     /// and `POD_NAMESPACE` never reach the manager.
@@ -48,11 +68,21 @@ impl ManagerProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> std::io::Result<ManagerProcess> {
+        Self::start_tuned(binary, kubeconfig, extra, env, Tuning::Tests)
+    }
+
+    fn start_tuned(
+        binary: &Path,
+        kubeconfig: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tuning: Tuning,
+    ) -> std::io::Result<ManagerProcess> {
         // A port found free can be taken by another test before the manager binds it: start
         // again on other ports when that is why it stopped.
         let mut attempt = 1;
         loop {
-            let mut manager = Self::spawn(binary, kubeconfig, extra, env)?;
+            let mut manager = Self::spawn(binary, kubeconfig, extra, env, tuning)?;
             match manager.wait_listening(std::time::Duration::from_secs(30)) {
                 Some(_) if attempt < 5 && manager.log_text().contains("Address already in use") => {
                     attempt += 1;
@@ -97,6 +127,7 @@ impl ManagerProcess {
         kubeconfig: &Path,
         extra: &[&str],
         env: &[(&str, &str)],
+        tuning: Tuning,
     ) -> std::io::Result<ManagerProcess> {
         let dir = tempfile::tempdir()?;
         // Held together so that the three are distinct.
@@ -112,8 +143,10 @@ impl ManagerProcess {
         std::fs::write(&key, b"beskar7-test-artifact-token-key-0123456789")?;
         let mut args: Vec<std::ffi::OsString> = vec!["manager".into(), "--kubeconfig".into()];
         args.push(kubeconfig.into());
+        if tuning == Tuning::Tests && !extra.iter().any(|a| a.starts_with("--host-refresh-seconds")) {
+            args.push("--host-refresh-seconds=20".into());
+        }
         for a in [
-            "--host-refresh-seconds=20".to_string(),
             format!("--metrics-bind-address=127.0.0.1:{metrics}"),
             format!("--health-probe-bind-address=127.0.0.1:{health}"),
             format!("--artifact-bind-address=127.0.0.1:{artifacts}"),
@@ -133,8 +166,12 @@ impl ManagerProcess {
             args.push("--leader-elect=false".into());
         }
         args.extend(extra.iter().map(Into::into));
-        let env: Vec<(String, String)> = env
-            .iter()
+        let log_level = match tuning {
+            Tuning::Tests => "info,beskar7_controllers=debug,kube=warn",
+            Tuning::Defaults => "info",
+        };
+        let env: Vec<(String, String)> = std::iter::once(("RUST_LOG", log_level))
+            .chain(env.iter().copied())
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let child = Self::launch(binary, &args, &env, &log)?;
@@ -162,7 +199,6 @@ impl ManagerProcess {
             .args(args)
             .env_remove("KUBECONFIG")
             .env_remove("POD_NAMESPACE")
-            .env("RUST_LOG", "info,beskar7_controllers=debug,kube=warn")
             .env("RUST_BACKTRACE", "0")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
