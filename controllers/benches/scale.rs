@@ -337,7 +337,18 @@ async fn size_run(
     let by = delta(&api_after, &api_before);
     let api: f64 = by.values().sum::<f64>() - own;
     let bmc_requests = w.bmc.requests().total - bmc_before;
-    let ready = ready.await.ok().flatten();
+    let mut routes: Vec<(String, u64)> = w.bmc.requests_by_route().into_iter().collect();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let ready = if ready.is_finished() {
+        ready.await.ok().flatten()
+    } else {
+        ready.abort();
+        println!(
+            "the manager was not ready when every machine was provisioned:\n{}",
+            manager.log_tail(30)
+        );
+        None
+    };
     let per = |v: f64| v / n as f64;
     println!("BENCH scale_{n}_reconcile_s {:.1} s", done.as_secs_f64());
     println!(
@@ -345,7 +356,10 @@ async fn size_run(
         done.as_secs_f64() * 1000.0 / n as f64
     );
     if let Some(r) = ready {
-        println!("BENCH scale_{n}_ready_ms {:.0} ms", r.as_secs_f64() * 1000.0);
+        println!(
+            "BENCH scale_{n}_ready_ms {:.0} ms",
+            r.as_secs_f64() * 1000.0
+        );
     }
     println!(
         "BENCH scale_{n}_rss_mib {:.1} MiB",
@@ -368,6 +382,9 @@ async fn size_run(
         "BENCH scale_{n}_bmc_requests_per_host {:.1} requests",
         per(bmc_requests as f64)
     );
+    for (route, count) in routes.iter().take(10) {
+        println!("    {:>6.2} per host: {route}", per(*count as f64));
+    }
     if let Some(idle) = steady {
         let api0 = api_requests(&client).await?;
         let bmc0 = w.bmc.requests().total;

@@ -1,6 +1,6 @@
 //! What every reconcile shares: the Kubernetes client, the BMC clients, the artifact store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,7 +8,10 @@ use std::time::Duration;
 use beskar7_api::PhysicalHost;
 use beskar7_redfish as redfish;
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::DynamicObject;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use crate::artifacts::ArtifactStore;
@@ -68,6 +71,15 @@ pub struct Context {
     /// with another one may predate our own last write, so the pass reads the host afresh
     /// (a freshness check on the cache, never a source of decisions).
     pub host_versions: Mutex<HashMap<String, String>>,
+    /// The hosts' credentials and CA-bundle Secrets, kept current by the Secret watch.
+    pub secrets: SecretCache,
+    /// Per object (`<kind>/<namespace>/<name>`): the resourceVersion of the copy whose status
+    /// a pass last applied, and a digest of what it applied (requests saved, never decisions).
+    pub applied_status: Mutex<HashMap<String, (String, u64)>>,
+    /// The machine controller's caches of CAPI Machines and Clusters (their watches' copies,
+    /// without managedFields), once it runs.
+    pub capi_machines: std::sync::OnceLock<Store<DynamicObject>>,
+    pub capi_clusters: std::sync::OnceLock<Store<DynamicObject>>,
 }
 
 impl Context {
@@ -99,9 +111,7 @@ impl Context {
         // Bounded: a reconcile never waits on another controller's cache; until it has synced
         // the API server answers.
         if let Some(store) = self.hosts.get()
-            && tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready())
-                .await
-                .is_ok_and(|r| r.is_ok())
+            && cache_synced(store, Some(Duration::from_secs(2))).await
         {
             return Ok(store
                 .state()
@@ -120,6 +130,31 @@ impl Context {
             .into_iter()
             .map(Arc::new)
             .collect())
+    }
+
+    /// A CAPI object from one of the caches above, or from the API server when the cache has
+    /// not synced or lacks it (a miss may be an object newer than the cache, so it is never
+    /// taken for absence).
+    pub async fn capi_object(
+        &self,
+        cache: &std::sync::OnceLock<Store<DynamicObject>>,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Arc<DynamicObject>>> {
+        if let Some(store) = cache.get()
+            && cache_synced(store, Some(Duration::from_secs(2))).await
+            && let Some(obj) =
+                store.get(&ObjectRef::new_with(name, crate::capi::resource(kind)).within(ns))
+        {
+            return Ok(Some(obj));
+        }
+        let api = Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            ns,
+            &crate::capi::resource(kind),
+        );
+        Ok(api.get_opt(name).await?.map(Arc::new))
     }
 
     /// Whether a transition of `key` to `to` is new (not the last one announced).
@@ -156,6 +191,25 @@ impl Context {
 
     pub fn reset_backoff(&self, key: &str) {
         self.failures.lock().unwrap().remove(key);
+    }
+}
+
+/// Whether `store` has synced, waiting at most `limit` (`None`: until it has, or its writer is
+/// gone). kube-runtime's readiness signal wakes only the last of several concurrent waiters (a
+/// controller's runner, the readiness probe, reconciles), so the others would sleep through it:
+/// this polls it again every 50 ms instead of waiting on it once.
+pub async fn cache_synced<K>(store: &Store<K>, limit: Option<Duration>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+    loop {
+        match tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready()).await {
+            Ok(r) => return r.is_ok(),
+            Err(_) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => return false,
+            Err(_) => {}
+        }
     }
 }
 
@@ -239,18 +293,113 @@ fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
 /// Largest credential we accept: anything longer is a mistake, not a password.
 const MAX_CREDENTIAL_BYTES: usize = 4096;
 
+/// The Secrets that hold the hosts' BMC credentials and CA bundles, as the manager's Secret
+/// watch last delivered them. Without it every host pass read its Secret from the API server
+/// (one GET per pass and host, the largest share of the requests at 1000 hosts). A Secret is
+/// kept once a host pass needed it or the watch saw one that a host references; the watch
+/// replaces it on every change and drops it on deletion, so a pass never uses a copy older than
+/// the watch's. Only the name, resourceVersion and data are kept.
+#[derive(Default)]
+pub struct SecretCache {
+    secrets: Mutex<HashMap<String, Arc<Secret>>>,
+    /// Keys the watch delivered since its current re-list began (`Init`): what it did not
+    /// deliver again by `InitDone` was deleted while the watch was down.
+    relisting: Mutex<Option<HashSet<String>>>,
+}
+
+fn secret_key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+/// What a BMC connection needs of a Secret: identity, version, data.
+fn slim(secret: &Secret) -> Arc<Secret> {
+    let mut slim = Secret::default();
+    slim.metadata.name = secret.metadata.name.clone();
+    slim.metadata.namespace = secret.metadata.namespace.clone();
+    slim.metadata.resource_version = secret.metadata.resource_version.clone();
+    slim.data = secret.data.clone();
+    slim.string_data = secret.string_data.clone();
+    Arc::new(slim)
+}
+
+impl SecretCache {
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<Secret>> {
+        self.secrets
+            .lock()
+            .unwrap()
+            .get(&secret_key(ns, name))
+            .cloned()
+    }
+
+    /// A copy read from the API server, kept unless the watch delivered one meanwhile (as new
+    /// or newer than this read).
+    fn insert_read(&self, secret: &Secret) -> Arc<Secret> {
+        let key = secret_key(
+            secret.metadata.namespace.as_deref().unwrap_or_default(),
+            secret.metadata.name.as_deref().unwrap_or_default(),
+        );
+        self.secrets
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_insert_with(|| slim(secret))
+            .clone()
+    }
+
+    /// One event of the Secret watch. `referenced`: whether a host names this Secret, so a
+    /// Secret the cache does not hold yet is kept too.
+    pub fn observe(&self, event: &watcher::Event<Secret>, referenced: impl Fn(&Secret) -> bool) {
+        let key_of = |s: &Secret| {
+            secret_key(
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                s.metadata.name.as_deref().unwrap_or_default(),
+            )
+        };
+        let mut secrets = self.secrets.lock().unwrap();
+        match event {
+            watcher::Event::Init => *self.relisting.lock().unwrap() = Some(HashSet::new()),
+            watcher::Event::InitApply(s) | watcher::Event::Apply(s) => {
+                let key = key_of(s);
+                if let Some(seen) = self.relisting.lock().unwrap().as_mut() {
+                    seen.insert(key.clone());
+                }
+                if secrets.contains_key(&key) || referenced(s) {
+                    secrets.insert(key, slim(s));
+                }
+            }
+            watcher::Event::Delete(s) => {
+                secrets.remove(&key_of(s));
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.relisting.lock().unwrap().take() {
+                    secrets.retain(|k, _| seen.contains(k));
+                }
+            }
+        }
+    }
+
+    /// The Secret from the cache, or from the API server (then kept) on a miss.
+    async fn read(&self, api: &Api<Secret>, ns: &str, name: &str) -> Result<Option<Arc<Secret>>> {
+        if let Some(s) = self.get(ns, name) {
+            return Ok(Some(s));
+        }
+        Ok(api.get_opt(name).await?.map(|s| self.insert_read(&s)))
+    }
+}
+
 /// Reads the host's credentials (and CA bundle) Secrets into a [`BmcTarget`].
-pub async fn bmc_target(client: &kube::Client, host: &PhysicalHost) -> Result<BmcTarget> {
+pub async fn bmc_target(ctx: &Context, host: &PhysicalHost) -> Result<BmcTarget> {
     let ns = host.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let conn = &host.spec.redfish_connection;
     let name = &conn.credentials_secret_ref;
     let cred_err = |problem: &str| Error::Credentials {
         secret: format!("{ns}/{name}"),
         problem: problem.to_string(),
     };
-    let secret = secrets
-        .get_opt(name)
+    let secret = ctx
+        .secrets
+        .read(&secrets, &ns, name)
         .await?
         .ok_or_else(|| cred_err("not found"))?;
     let field = |key: &str| -> Result<String> {
@@ -283,8 +432,9 @@ pub async fn bmc_target(client: &kube::Client, host: &PhysicalHost) -> Result<Bm
             secret: format!("{ns}/{ca_name}"),
             problem: problem.to_string(),
         };
-        let ca = secrets
-            .get_opt(ca_name)
+        let ca = ctx
+            .secrets
+            .read(&secrets, &ns, ca_name)
             .await?
             .ok_or_else(|| ca_err("not found"))?;
         ca.resource_version().hash(&mut h);
@@ -303,4 +453,64 @@ pub async fn bmc_target(client: &kube::Client, host: &PhysicalHost) -> Result<Bm
         tls,
         fingerprint: h.finish(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecretCache;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::watcher::Event;
+
+    fn secret(name: &str, rv: &str, password: &str) -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv,
+                         "managedFields": [{"manager": "kubectl"}]},
+            "stringData": {"username": "u", "password": password},
+        }))
+        .unwrap()
+    }
+
+    fn password(c: &SecretCache, name: &str) -> Option<String> {
+        c.get("ns", name)
+            .and_then(|s| s.string_data.as_ref()?.get("password").cloned())
+    }
+
+    #[test]
+    fn secret_cache_follows_the_watch() {
+        let c = SecretCache::default();
+        let referenced = |s: &Secret| s.metadata.name.as_deref() == Some("bmc");
+        // A Secret no host names is not kept; one a host names is, without managedFields.
+        c.observe(&Event::Apply(secret("other", "1", "x")), referenced);
+        c.observe(&Event::Apply(secret("bmc", "2", "old")), referenced);
+        assert!(c.get("ns", "other").is_none());
+        assert_eq!(password(&c, "bmc").as_deref(), Some("old"));
+        assert!(
+            c.get("ns", "bmc")
+                .unwrap()
+                .metadata
+                .managed_fields
+                .is_none()
+        );
+        // A read from the API server does not replace what the watch delivered.
+        c.insert_read(&secret("bmc", "1", "older"));
+        assert_eq!(password(&c, "bmc").as_deref(), Some("old"));
+        // A change replaces it even when no host names it any more; a read fills a miss.
+        c.observe(&Event::Apply(secret("bmc", "3", "new")), |_| false);
+        assert_eq!(password(&c, "bmc").as_deref(), Some("new"));
+        c.insert_read(&secret("late", "4", "read"));
+        assert_eq!(password(&c, "late").as_deref(), Some("read"));
+        // Deletion drops it.
+        c.observe(&Event::Delete(secret("bmc", "5", "new")), referenced);
+        assert!(c.get("ns", "bmc").is_none());
+        // A re-list drops what it no longer lists (deleted while the watch was down).
+        c.observe(&Event::Apply(secret("bmc", "6", "again")), referenced);
+        c.observe(&Event::Init, referenced);
+        c.observe(
+            &Event::InitApply(secret("bmc", "7", "relisted")),
+            referenced,
+        );
+        c.observe(&Event::InitDone, referenced);
+        assert_eq!(password(&c, "bmc").as_deref(), Some("relisted"));
+        assert!(c.get("ns", "late").is_none(), "not in the re-list: deleted");
+    }
 }

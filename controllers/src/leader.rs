@@ -29,6 +29,32 @@ pub fn identity() -> String {
     format!("{host}_{}", std::process::id())
 }
 
+/// The Lease name of one manager: `base`, then the `--namespace` and `--watch-filter` it is
+/// scoped to, so each shard elects its own leader. Lowercased, and characters a Lease name may
+/// not hold (a label value may hold `_` and capitals) become `-`.
+pub fn lease_name(base: &str, namespace: Option<&str>, watch_filter: Option<&str>) -> String {
+    let mut name = base.to_string();
+    for part in [namespace, watch_filter].into_iter().flatten() {
+        name.push('-');
+        name.push_str(part);
+    }
+    let name: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.trim_end_matches(['-', '.'])
+        .chars()
+        .take(253)
+        .collect()
+}
+
 /// Whether a lease held by someone else has expired.
 fn expired(spec: &LeaseSpec) -> bool {
     let Some(renew) = &spec.renew_time else {
@@ -40,12 +66,14 @@ fn expired(spec: &LeaseSpec) -> bool {
 }
 
 impl Lease {
-    /// Blocks until this process holds the lease.
+    /// Blocks until this process holds the lease; `on_standby` runs each time another holder
+    /// is found to hold it.
     pub async fn acquire(
         client: kube::Client,
         namespace: &str,
         name: &str,
         duration: Duration,
+        on_standby: impl Fn(),
     ) -> anyhow::Result<Lease> {
         let api: Api<KubeLease> = Api::namespaced(client, namespace);
         let me = identity();
@@ -54,6 +82,7 @@ impl Lease {
             if try_take(&api, name, &me, duration).await? {
                 break;
             }
+            on_standby();
             tokio::time::sleep(duration / 3).await;
         }
         info!(identity = %me, "became leader");
@@ -163,5 +192,30 @@ async fn try_take(
                 Err(e) => Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_name;
+
+    #[test]
+    fn each_shard_gets_its_own_lease() {
+        assert_eq!(
+            lease_name("beskar7-manager-leader", None, None),
+            "beskar7-manager-leader"
+        );
+        assert_eq!(
+            lease_name("beskar7-manager-leader", None, Some("Shard_0")),
+            "beskar7-manager-leader-shard-0"
+        );
+        assert_eq!(
+            lease_name("beskar7-manager-leader", Some("team-a"), Some("rack.7")),
+            "beskar7-manager-leader-team-a-rack.7"
+        );
+        assert_ne!(
+            lease_name("l", None, Some("a")),
+            lease_name("l", None, Some("b"))
+        );
     }
 }

@@ -13,14 +13,14 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use beskar7_api::common::failure_domain_of;
 use beskar7_api::{Beskar7Cluster, Beskar7Machine, Beskar7MachineTemplate, PhysicalHost};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{error, info};
 
@@ -49,6 +49,8 @@ pub struct ManagerArgs {
     /// Namespace of the leader-election Lease (the pod's namespace by default).
     #[arg(long, env = "POD_NAMESPACE", default_value = "beskar7-system")]
     pub leader_election_namespace: String,
+    /// Name of the leader-election Lease. Managers scoped by `--namespace` or `--watch-filter`
+    /// (shards) each elect their own leader: the scope is appended to the name.
     #[arg(long, default_value = "beskar7-manager-leader")]
     pub leader_election_id: String,
     /// Seconds a leader's Lease is valid without renewal.
@@ -197,16 +199,22 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         });
     }
 
-    // Ready once this replica can serve (probes, metrics, artifacts, webhooks); leadership only
-    // decides whether it reconciles, as with controller-runtime.
-    probes.ready.store(true, Ordering::SeqCst);
+    // Ready means this replica does its part: a standby serves webhooks and waits for the
+    // lease, so it is ready while it waits; the leader is ready once its controllers' caches
+    // have synced (below), not when its sockets are bound.
     let mut lease = None;
     if args.leader_elect {
+        let ready = probes.ready.clone();
         let l = leader::Lease::acquire(
             client.clone(),
             &args.leader_election_namespace,
-            &args.leader_election_id,
+            &leader::lease_name(
+                &args.leader_election_id,
+                args.namespace.as_deref(),
+                args.watch_filter.as_deref(),
+            ),
             Duration::from_secs(args.leader_lease_seconds),
+            move || ready.store(true, Ordering::SeqCst),
         )
         .await?;
         lease = Some(l);
@@ -232,6 +240,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         failures: Default::default(),
         transitions: Default::default(),
         host_versions: Default::default(),
+        secrets: Default::default(),
+        applied_status: Default::default(),
+        capi_machines: Default::default(),
+        capi_clusters: Default::default(),
     });
 
     let api = |_: ()| args.namespace.clone();
@@ -259,35 +271,53 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     };
     let config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
 
-    // PhysicalHost: woken by its credentials / CA Secrets.
-    let host_ctrl = Controller::new(
-        namespaced::<PhysicalHost>(&client, &ns),
-        watcher::Config::default(),
+    // PhysicalHost: woken by its credentials / CA Secrets. A `--watch-filter` shard owns the
+    // hosts labelled for it, as it owns the machines.
+    // One watch of the hosts feeds every controller, so each reads the host cache at least as
+    // new as the event that woke it.
+    let (host_store, mut host_events) =
+        host_fan_out(namespaced::<PhysicalHost>(&client, &ns), filtered(), 4);
+    let _ = probes.hosts.set(host_store.clone());
+    let host_ctrl = Controller::for_stream(
+        host_events
+            .pop()
+            .expect("one stream per controller")
+            .applied_objects(),
+        host_store.clone(),
     )
     .with_config(config.clone());
-    let host_store = host_ctrl.store();
-    let _ = probes.hosts.set(host_store.clone());
+    // One Secret watch wakes the hosts that name a Secret and keeps their Secrets in the
+    // context's cache, so a host pass reads its BMC credentials without a request.
     let hosts_for_secret = host_store.clone();
-    let host_ctrl = host_ctrl
-        .watches(
+    let referenced = move |secret: &Secret| -> Vec<ObjectRef<PhysicalHost>> {
+        let ns = secret.namespace();
+        let name = secret.name_any();
+        hosts_for_secret
+            .state()
+            .into_iter()
+            .filter(|h| {
+                h.namespace() == ns
+                    && (h.spec.redfish_connection.credentials_secret_ref == name
+                        || h.spec.redfish_connection.ca_bundle_secret_ref.as_deref()
+                            == Some(name.as_str()))
+            })
+            .map(|h| ObjectRef::from_obj(&*h))
+            .collect()
+    };
+    let secret_events = {
+        let (ctx, referenced) = (ctx.clone(), referenced.clone());
+        watcher(
             namespaced::<Secret>(&client, &ns),
             watcher::Config::default(),
-            move |secret: Secret| {
-                let ns = secret.namespace();
-                let name = secret.name_any();
-                hosts_for_secret
-                    .state()
-                    .into_iter()
-                    .filter(|h| {
-                        h.namespace() == ns
-                            && (h.spec.redfish_connection.credentials_secret_ref == name
-                                || h.spec.redfish_connection.ca_bundle_secret_ref.as_deref()
-                                    == Some(name.as_str()))
-                    })
-                    .map(|h| ObjectRef::from_obj(&*h))
-                    .collect::<Vec<_>>()
-            },
         )
+        .map_ok(move |event| {
+            ctx.secrets.observe(&event, |s| !referenced(s).is_empty());
+            event
+        })
+        .touched_objects()
+    };
+    let host_ctrl = host_ctrl
+        .watches_stream(secret_events, move |secret: Secret| referenced(&secret))
         .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
@@ -301,10 +331,13 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         .with_config(config.clone());
     let machine_store = machine_ctrl.store();
     let machines_for_cluster = machine_store.clone();
+    let machine_store_ready = machine_store.clone();
     let machine_ctrl = machine_ctrl
-        .watches(
-            namespaced::<PhysicalHost>(&client, &ns),
-            watcher::Config::default(),
+        .watches_stream(
+            host_events
+                .pop()
+                .expect("one stream per controller")
+                .touched_objects(),
             |h: PhysicalHost| {
                 h.spec
                     .consumer_ref
@@ -320,16 +353,23 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     })
             },
         )
-        .watches_with(
-            dyn_api("Machine"),
-            capi::resource("Machine"),
-            filtered(),
+        .watches_stream_with(
+            cached(
+                dyn_api("Machine"),
+                filtered(),
+                "Machine",
+                &ctx.capi_machines,
+            ),
             |m: DynamicObject| infra_ref::<Beskar7Machine>(&m, "Beskar7Machine"),
+            capi::resource("Machine"),
         )
-        .watches_with(
-            dyn_api("Cluster"),
-            capi::resource("Cluster"),
-            filtered(),
+        .watches_stream_with(
+            cached(
+                dyn_api("Cluster"),
+                filtered(),
+                "Cluster",
+                &ctx.capi_clusters,
+            ),
             move |c: DynamicObject| {
                 let (ns, name) = (c.namespace(), c.name_any());
                 machines_for_cluster
@@ -342,6 +382,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     .map(|m| ObjectRef::from_obj(&*m))
                     .collect::<Vec<_>>()
             },
+            capi::resource("Cluster"),
         )
         .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(shutdown.clone().wait())
@@ -354,7 +395,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     // Beskar7Cluster: woken by its CAPI Cluster and by hosts (their zones are failure domains).
     let cluster_ctrl = Controller::new(namespaced::<Beskar7Cluster>(&client, &ns), filtered())
         .with_config(config.clone());
-    let clusters = cluster_ctrl.store();
+    let cluster_store = cluster_ctrl.store();
+    let clusters = cluster_store.clone();
     let cluster_ctrl = cluster_ctrl
         .watches_with(
             dyn_api("Cluster"),
@@ -362,9 +404,11 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             filtered(),
             |c: DynamicObject| infra_ref::<Beskar7Cluster>(&c, "Beskar7Cluster"),
         )
-        .watches(
-            namespaced::<PhysicalHost>(&client, &ns),
-            watcher::Config::default(),
+        .watches_stream(
+            host_events
+                .pop()
+                .expect("one stream per controller")
+                .touched_objects(),
             // Only clusters that take their failure domains from the hosts' zones, and only
             // for hosts that have one.
             move |h: PhysicalHost| {
@@ -390,11 +434,14 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         filtered(),
     )
     .with_config(config);
-    let templates = template_ctrl.store();
+    let template_store = template_ctrl.store();
+    let templates = template_store.clone();
     let template_ctrl = template_ctrl
-        .watches(
-            namespaced::<PhysicalHost>(&client, &ns),
-            watcher::Config::default(),
+        .watches_stream(
+            host_events
+                .pop()
+                .expect("one stream per controller")
+                .touched_objects(),
             // Only the templates whose selector matches the host.
             move |h: PhysicalHost| {
                 same_namespace(&templates, h.namespace(), |t: &Beskar7MachineTemplate| {
@@ -417,10 +464,49 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             ctx.clone(),
         );
 
-    info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "manager ready"
-    );
+    {
+        let (hosts, machines, clusters, templates) = (
+            host_store.clone(),
+            machine_store_ready,
+            cluster_store,
+            template_store,
+        );
+        let capi_caches: Vec<_> = [
+            ("Machine", &ctx.capi_machines),
+            ("Cluster", &ctx.capi_clusters),
+        ]
+        .into_iter()
+        .filter_map(|(kind, c)| Some((kind, c.get()?.clone())))
+        .collect();
+        let ready = probes.ready.clone();
+        tokio::spawn(async move {
+            use crate::context::cache_synced;
+            let mut synced = vec![
+                ("PhysicalHost", cache_synced(&hosts, None).await),
+                ("Beskar7Machine", cache_synced(&machines, None).await),
+                ("Beskar7Cluster", cache_synced(&clusters, None).await),
+                (
+                    "Beskar7MachineTemplate",
+                    cache_synced(&templates, None).await,
+                ),
+            ];
+            for (kind, c) in &capi_caches {
+                synced.push((kind, cache_synced(c, None).await));
+            }
+            for (kind, ok) in &synced {
+                if !ok {
+                    error!(kind, "cache stopped before it synced: not ready");
+                }
+            }
+            if synced.iter().all(|(_, ok)| *ok) {
+                ready.store(true, Ordering::SeqCst);
+                info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "manager ready: caches synced"
+                );
+            }
+        });
+    }
 
     let drain = |s: futures::stream::BoxStream<'static, ()>| s;
     let all = futures::stream::select_all([
@@ -507,6 +593,58 @@ where
             r
         })
     }
+}
+
+/// One watch of the PhysicalHosts and their cache, fanned out to `consumers` event streams. An
+/// event reaches the streams after the cache holds it. Watch errors pause the watch (the
+/// backoff of [`WatchBackoff`]) and are logged here; the streams see events only.
+fn host_fan_out(
+    api: Api<PhysicalHost>,
+    config: watcher::Config,
+    consumers: usize,
+) -> (
+    Store<PhysicalHost>,
+    Vec<impl futures::Stream<Item = Result<watcher::Event<PhysicalHost>, watcher::Error>> + Send>,
+) {
+    let writer = Writer::default();
+    let store = writer.as_reader();
+    let (mut senders, receivers): (Vec<_>, Vec<_>) = (0..consumers)
+        .map(|_| futures::channel::mpsc::channel(256))
+        .unzip();
+    let source = watcher(api, config)
+        .backoff(WatchBackoff::default())
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut source = std::pin::pin!(source);
+        while let Some(item) = source.next().await {
+            match item {
+                Ok(event) => {
+                    for tx in &mut senders {
+                        // A stopped controller (shutdown) takes no more events.
+                        let _ = futures::SinkExt::send(tx, event.clone()).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "PhysicalHost watch failed; retrying"),
+            }
+        }
+    });
+    (store, receivers.into_iter().map(|rx| rx.map(Ok)).collect())
+}
+
+/// A watch of CAPI objects of `kind` that keeps their latest copies, without managedFields, in
+/// `cache` (set here) and yields each touched object.
+fn cached(
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+    kind: &str,
+    cache: &std::sync::OnceLock<Store<DynamicObject>>,
+) -> impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static {
+    let writer = Writer::new(capi::resource(kind));
+    let _ = cache.set(writer.as_reader());
+    watcher(api, config)
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects()
 }
 
 fn infra_ref<K>(obj: &DynamicObject, kind: &str) -> Option<ObjectRef<K>>

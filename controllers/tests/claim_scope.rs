@@ -179,7 +179,7 @@ async fn namespace_and_watch_filter_scope_a_manager() {
         .start()
         .await
         .expect("control plane");
-    let bmc = FakeBmc::builder(3).start().await.unwrap();
+    let bmc = FakeBmc::builder(4).start().await.unwrap();
     let client = cp.client();
     for ns in ["team-a", "team-b"] {
         Api::<Namespace>::all(client.clone())
@@ -190,28 +190,51 @@ async fn namespace_and_watch_filter_scope_a_manager() {
             .await
             .unwrap();
     }
-    beskar7_test::fixtures::enroll(&client, "team-a", "a0", &bmc.systems[0], None, &[])
-        .await
-        .unwrap();
-    beskar7_test::fixtures::enroll(&client, "team-a", "a1", &bmc.systems[1], None, &[])
-        .await
-        .unwrap();
-    beskar7_test::fixtures::enroll(&client, "team-b", "b0", &bmc.systems[2], None, &[])
-        .await
-        .unwrap();
-    // --namespace team-a: team-b is none of its business.
+    // The shard's hosts carry its label, as its machines do.
+    let in_shard = [("cluster.x-k8s.io/watch-filter", "shard-1")];
+    let other_shard = [("cluster.x-k8s.io/watch-filter", "shard-2")];
+    for (ns, name, system, labels) in [
+        ("team-a", "a0", 0, &in_shard),
+        ("team-a", "a1", 1, &in_shard),
+        ("team-a", "a2", 2, &other_shard),
+        ("team-b", "b0", 3, &in_shard),
+    ] {
+        beskar7_test::fixtures::enroll(&client, ns, name, &bmc.systems[system], None, labels)
+            .await
+            .unwrap();
+    }
+    // --namespace team-a: team-b is none of its business; --watch-filter shard-1: neither is
+    // the host labelled for shard-2.
     let manager = start_manager(&cp, &["--namespace", "team-a", "--watch-filter", "shard-1"]);
     wait_available(&client, "team-a", &["a0", "a1"], &manager).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let b0 = Api::<PhysicalHost>::namespaced(client.clone(), "team-b")
-        .get("b0")
-        .await
-        .unwrap();
-    assert!(
-        b0.status.is_none(),
-        "a manager scoped to team-a reconciled team-b: {:?}",
-        b0.status
-    );
+    for (ns, name, why) in [
+        (
+            "team-b",
+            "b0",
+            "a manager scoped to team-a reconciled team-b",
+        ),
+        (
+            "team-a",
+            "a2",
+            "a manager filtered to shard-1 reconciled a shard-2 host",
+        ),
+    ] {
+        let h = Api::<PhysicalHost>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+            .unwrap();
+        assert!(h.status.is_none(), "{why}: {:?}", h.status);
+    }
+    for s in &bmc.systems[2..] {
+        let seen = bmc.system(&s.system_id).expect("system");
+        assert_eq!(
+            (seen.power_on_requests, seen.inserts),
+            (0, 0),
+            "{} is outside the manager's scope and was driven on its BMC",
+            s.system_id
+        );
+    }
 
     // --watch-filter shard-1: only the machine labelled for the shard gets a host.
     stand_in::cluster(&client, "team-a", "c1").await.unwrap();

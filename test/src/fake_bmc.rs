@@ -135,6 +135,8 @@ struct Counters {
     delete: AtomicU64,
     unauthorized: AtomicU64,
     injected: AtomicU64,
+    /// Per `<METHOD> <path>`, each system's and session's id replaced by `{id}`.
+    by_route: Mutex<HashMap<String, u64>>,
 }
 
 struct Shared {
@@ -311,6 +313,12 @@ impl FakeBmc {
         }
     }
 
+    /// Requests received per `<METHOD> <path>` (ids of systems, managers and sessions shown as
+    /// `{id}`), for the benches' breakdowns.
+    pub fn requests_by_route(&self) -> HashMap<String, u64> {
+        self.shared.counters.by_route.lock().unwrap().clone()
+    }
+
     /// The next `n` authenticated requests (to any system) are answered with `status`
     /// (e.g. 503) instead of being served.
     pub fn fail_next(&self, n: u64, status: u16) {
@@ -477,6 +485,25 @@ async fn handle(
     }
     let path = uri.path().trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    {
+        let route: Vec<&str> = segs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let after = i.checked_sub(1).map(|p| segs[p]);
+                if matches!(after, Some("Systems" | "Sessions" | "Managers")) {
+                    "{id}"
+                } else {
+                    s
+                }
+            })
+            .collect();
+        *c.by_route
+            .lock()
+            .unwrap()
+            .entry(format!("{method} /{}", route.join("/")))
+            .or_insert(0) += 1;
+    }
     let body: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -992,7 +1019,16 @@ pub mod stand_in {
         prefix: &str,
         concurrency: usize,
     ) -> Result<Vec<String>, kube::Error> {
-        enroll_range(client, ns, bmc, prefix, 0..bmc.systems.len(), &[], concurrency).await
+        enroll_range(
+            client,
+            ns,
+            bmc,
+            prefix,
+            0..bmc.systems.len(),
+            &[],
+            concurrency,
+        )
+        .await
     }
 
     /// [`enroll`] for the systems in `systems` only, each host labelled with `labels` (e.g. a
@@ -1007,7 +1043,10 @@ pub mod stand_in {
         concurrency: usize,
     ) -> Result<Vec<String>, kube::Error> {
         use futures::StreamExt;
-        let names: Vec<String> = systems.clone().map(|i| format!("{prefix}-{i:04}")).collect();
+        let names: Vec<String> = systems
+            .clone()
+            .map(|i| format!("{prefix}-{i:04}"))
+            .collect();
         let results: Vec<Result<_, kube::Error>> =
             futures::stream::iter(names.iter().zip(&bmc.systems[systems]))
                 .map(|(name, s)| crate::fixtures::enroll(client, ns, name, s, None, labels))

@@ -143,7 +143,11 @@ impl ManagerProcess {
         std::fs::write(&key, b"beskar7-test-artifact-token-key-0123456789")?;
         let mut args: Vec<std::ffi::OsString> = vec!["manager".into(), "--kubeconfig".into()];
         args.push(kubeconfig.into());
-        if tuning == Tuning::Tests && !extra.iter().any(|a| a.starts_with("--host-refresh-seconds")) {
+        if tuning == Tuning::Tests
+            && !extra
+                .iter()
+                .any(|a| a.starts_with("--host-refresh-seconds"))
+        {
             args.push("--host-refresh-seconds=20".into());
         }
         for a in [

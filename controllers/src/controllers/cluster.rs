@@ -50,8 +50,8 @@ async fn pass(
     let generation = b7c.metadata.generation;
     let owner = capi::owner_name(&b7c.metadata, "Cluster");
     let cluster = match &owner {
-        Some(name) => capi::clusters(&ctx.client, &ns)
-            .get_opt(name)
+        Some(name) => ctx
+            .capi_object(&ctx.capi_clusters, "Cluster", &ns, name)
             .await?
             .map(|c| capi::Cluster::from_object(&c)),
         None => None,

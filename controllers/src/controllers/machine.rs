@@ -92,7 +92,10 @@ async fn reconcile_normal(
         );
         return Ok(Action::await_change());
     };
-    let Some(machine_obj) = capi::machines(&ctx.client, &ns).get_opt(&owner).await? else {
+    let Some(machine_obj) = ctx
+        .capi_object(&ctx.capi_machines, "Machine", &ns, &owner)
+        .await?
+    else {
         wait(
             status,
             reason::WAITING_FOR_MACHINE_OWNER,
@@ -102,8 +105,8 @@ async fn reconcile_normal(
     };
     let machine = capi::Machine::from_object(&machine_obj);
     let cluster = match &machine.cluster_name {
-        Some(name) => capi::clusters(&ctx.client, &ns)
-            .get_opt(name)
+        Some(name) => ctx
+            .capi_object(&ctx.capi_clusters, "Cluster", &ns, name)
             .await?
             .map(|c| capi::Cluster::from_object(&c)),
         None => None,
@@ -332,32 +335,40 @@ async fn adopt_claim(
 }
 
 /// The host this machine already claimed. The one it named (its `hostRef`, or the host it was
-/// claiming) is read fresh from the API server: a lagging cache must not make a machine think it
-/// has none and claim a second. Any other claim is found in the host cache (it can only be one
-/// made by an earlier uid of this machine, picked up by `adopt_claim`).
+/// claiming) comes from the host cache when the cached copy shows the claim (a later change of
+/// the host wakes this machine again), and is read fresh from the API server otherwise: a
+/// lagging cache must not make a machine think it has none and claim a second. Any other claim
+/// is found in the host cache (it can only be one made by an earlier uid of this machine,
+/// picked up by `adopt_claim`).
 async fn find_claimed_host(
     m: &Beskar7Machine,
     hosts: &Api<PhysicalHost>,
     ctx: &Context,
 ) -> Result<Option<PhysicalHost>> {
-    let named = m
+    let named: Vec<String> = m
         .status
         .as_ref()
         .and_then(|s| s.host_ref.as_ref().map(|r| r.name.clone()))
         .into_iter()
-        .chain(m.annotations().get(CLAIMING_ANNOTATION).cloned());
-    for name in named {
-        if let Some(h) = hosts.get_opt(&name).await?
-            && h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c))
+        .chain(m.annotations().get(CLAIMING_ANNOTATION).cloned())
+        .collect();
+    let cached = ctx.cached_hosts(m.namespace().as_deref()).await?;
+    let ours = |h: &PhysicalHost| h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c));
+    for name in &named {
+        if let Some(h) = cached.iter().find(|h| &h.name_any() == name && ours(h)) {
+            return Ok(Some(PhysicalHost::clone(h)));
+        }
+    }
+    for name in &named {
+        if let Some(h) = hosts.get_opt(name).await?
+            && ours(&h)
         {
             return Ok(Some(h));
         }
     }
-    Ok(ctx
-        .cached_hosts(m.namespace().as_deref())
-        .await?
+    Ok(cached
         .into_iter()
-        .find(|h| h.spec.consumer_ref.as_ref().is_some_and(|c| is_ours(m, c)))
+        .find(|h| ours(h))
         .map(Arc::unwrap_or_clone))
 }
 

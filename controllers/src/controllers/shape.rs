@@ -43,12 +43,19 @@ where
     if before == status {
         return Ok(());
     }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
+    // A pass on the very copy an earlier pass already brought to this status (the cache has not
+    // delivered our write yet: another watch woke the object) has nothing to write.
+    let memo_key = format!("{}/{}", K::kind(&()), key(obj));
+    let written = (obj.resource_version().unwrap_or_default(), digest(&patch));
+    if ctx.applied_status.lock().unwrap().get(&memo_key) == Some(&written) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     match api
         .patch_status(
             &obj.name_any(),
@@ -57,10 +64,29 @@ where
         )
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Ok(_) => {
+            ctx.applied_status.lock().unwrap().insert(memo_key, written);
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            forget_applied_status::<K>(ctx, obj);
+            Ok(())
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+fn digest(v: &serde_json::Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// Drops what [`apply_status`] remembers of an object that is going away.
+pub fn forget_applied_status<K: Resource<DynamicType = ()> + ResourceExt>(ctx: &Context, obj: &K) {
+    let memo_key = format!("{}/{}", K::kind(&()), key(obj));
+    ctx.applied_status.lock().unwrap().remove(&memo_key);
 }
 
 /// A failed pass of `controller` on `key`: logged, counted by reason, shown as Ready=False with

@@ -236,7 +236,7 @@ async fn connect(
     status: &mut PhysicalHostStatus,
 ) -> Result<Bmc> {
     let generation = host.metadata.generation;
-    let target = bmc_target(&ctx.client, host).await?;
+    let target = bmc_target(ctx, host).await?;
     let system_id = target.system_id.clone();
     let client = ctx.bmcs.client(&key(host), target, &ctx.settings)?;
     let d = client.discover(system_id.as_deref()).await?;
