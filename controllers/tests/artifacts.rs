@@ -30,7 +30,7 @@ fn full_set(url: String, sha256: Option<String>) -> ArtifactSet {
         }),
         config_volume: Some(ConfigVolume {
             format: VolumeFormat::Fat,
-            data: Bytes::from((0..5000u32).map(|i| i as u8).collect::<Vec<_>>()),
+            data: (0..5000u32).map(|i| i as u8).collect::<Vec<_>>().into(),
         }),
         config_document: Some(ConfigDocument {
             content_type: "text/cloud-config".into(),

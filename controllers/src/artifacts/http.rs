@@ -132,6 +132,7 @@ fn error_response(e: &ArtifactError) -> Response {
 
 enum Source {
     Memory(Bytes),
+    Sparse(super::SparseImage),
     Iso(Arc<PreparedIso>),
 }
 
@@ -165,9 +166,9 @@ async fn artifact(
         },
         "config.iso" | "config.img" => match &m.set.config_volume {
             Some(v) if v.format.file_name() == name => (
-                Source::Memory(v.data.clone()),
+                Source::Sparse(v.data.clone()),
                 "application/octet-stream".to_string(),
-                memory_etag(&v.data),
+                format!("\"{}\"", v.data.digest()),
             ),
             _ => return not_found(),
         },
@@ -183,6 +184,7 @@ async fn artifact(
     };
     let len = match &source {
         Source::Memory(b) => b.len() as u64,
+        Source::Sparse(v) => v.len() as u64,
         Source::Iso(p) => p.len,
     };
     let mut range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -224,6 +226,7 @@ async fn artifact(
     } else {
         match source {
             Source::Memory(b) => Body::from(b.slice(start as usize..end_excl as usize)),
+            Source::Sparse(v) => Body::from(v.read(start as usize, end_excl as usize)),
             Source::Iso(p) => Body::from_stream(iso_stream(p, start, end_excl)),
         }
     };

@@ -26,7 +26,7 @@ pub use cache::{CacheStats, SourceCache};
 pub use http::{RangeRequest, parse_range, router, serve};
 pub use store::{
     ArtifactError, ArtifactSet, ArtifactStore, ArtifactUrls, BootIsoSource, ConfigDocument,
-    ConfigVolume, PreparedFacts,
+    ConfigVolume, PreparedFacts, SparseImage,
 };
 
 /// Settings of the artifact server (the manager's `--artifact-*` flags map onto this).

@@ -171,7 +171,7 @@ fn artifact_set(
     if let (Some(volume), Some(r)) = (&plan.config_volume, &rendered) {
         set.config_volume = Some(ConfigVolume {
             format: volume.format,
-            data: Bytes::from(boot::build_config_volume(os, volume.format, r)?),
+            data: boot::build_config_volume(os, volume.format, r)?.into(),
         });
     }
     if let (true, Some(r)) = (plan.serve_config, &rendered) {
