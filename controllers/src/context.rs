@@ -311,6 +311,13 @@ fn secret_key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
 }
 
+fn secret_key_of(s: &Secret) -> String {
+    secret_key(
+        s.metadata.namespace.as_deref().unwrap_or_default(),
+        s.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
 /// What a BMC connection needs of a Secret: identity, version, data.
 fn slim(secret: &Secret) -> Arc<Secret> {
     let mut slim = Secret::default();
@@ -334,14 +341,10 @@ impl SecretCache {
     /// A copy read from the API server, kept unless the watch delivered one meanwhile (as new
     /// or newer than this read).
     fn insert_read(&self, secret: &Secret) -> Arc<Secret> {
-        let key = secret_key(
-            secret.metadata.namespace.as_deref().unwrap_or_default(),
-            secret.metadata.name.as_deref().unwrap_or_default(),
-        );
         self.secrets
             .lock()
             .unwrap()
-            .entry(key)
+            .entry(secret_key_of(secret))
             .or_insert_with(|| slim(secret))
             .clone()
     }
@@ -349,17 +352,11 @@ impl SecretCache {
     /// One event of the Secret watch. `referenced`: whether a host names this Secret, so a
     /// Secret the cache does not hold yet is kept too.
     pub fn observe(&self, event: &watcher::Event<Secret>, referenced: impl Fn(&Secret) -> bool) {
-        let key_of = |s: &Secret| {
-            secret_key(
-                s.metadata.namespace.as_deref().unwrap_or_default(),
-                s.metadata.name.as_deref().unwrap_or_default(),
-            )
-        };
         let mut secrets = self.secrets.lock().unwrap();
         match event {
             watcher::Event::Init => *self.relisting.lock().unwrap() = Some(HashSet::new()),
             watcher::Event::InitApply(s) | watcher::Event::Apply(s) => {
-                let key = key_of(s);
+                let key = secret_key_of(s);
                 if let Some(seen) = self.relisting.lock().unwrap().as_mut() {
                     seen.insert(key.clone());
                 }
@@ -368,7 +365,7 @@ impl SecretCache {
                 }
             }
             watcher::Event::Delete(s) => {
-                secrets.remove(&key_of(s));
+                secrets.remove(&secret_key_of(s));
             }
             watcher::Event::InitDone => {
                 if let Some(seen) = self.relisting.lock().unwrap().take() {

@@ -372,6 +372,8 @@ fn shared_http(config: &ClientConfig) -> Result<reqwest::Client> {
         .timeout(config.request_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(config.max_concurrency.max(1))
+        // Each idle connection holds its buffers: a host between refreshes (120 s) holds none.
+        .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(concat!("beskar7-redfish/", env!("CARGO_PKG_VERSION")));
     match &config.tls {
         Tls::Verify => {}
