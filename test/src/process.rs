@@ -129,10 +129,38 @@ pub(crate) fn tail_of_file(path: &Path, lines: usize) -> String {
 /// so one call never returns the same port twice; another process can still take a port before
 /// our child binds it, which startup then reports as a process exit with the log tail.
 pub(crate) fn free_loopback_ports(n: usize) -> Result<Vec<u16>, ControlPlaneError> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ControlPlaneError::NoFreePort)?;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Below the kernel's ephemeral range (32768-60999 by default): a port picked here and
+    // released before its server binds it cannot meanwhile become the source port of one of
+    // the many outgoing connections a test makes, which is how a CAPI manager's webhook bind
+    // once failed in CI ("address already in use" on a port picked with bind(0)).
+    const FIRST: u32 = 20000;
+    const SPAN: u32 = 32768 - FIRST;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test process starts at its own place, so concurrent test binaries rarely meet.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..SPAN {
+        if listeners.len() == n {
+            break;
+        }
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        // All interfaces: some servers (the CAPI managers' webhooks) bind `:port`.
+        if let Ok(l) = std::net::TcpListener::bind(("0.0.0.0", port)) {
+            listeners.push(l);
+        }
+    }
+    if listeners.len() < n {
+        return Err(ControlPlaneError::NoFreePort(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("fewer than {n} free ports in {FIRST}..32768"),
+        )));
+    }
     listeners
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
