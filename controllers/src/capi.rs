@@ -1,7 +1,7 @@
 //! The few CAPI core objects we read (Machine, Cluster), as dynamic objects of
 //! `cluster.x-k8s.io/v1beta2`: we need a handful of fields, not CAPI's whole API.
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::ObjectMeta;
 use serde_json::Value;
 
@@ -21,14 +21,6 @@ pub const WATCH_FILTER_LABEL: &str = "cluster.x-k8s.io/watch-filter";
 
 pub fn resource(kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(CAPI_GROUP, CAPI_VERSION, kind))
-}
-
-pub fn machines(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), namespace, &resource("Machine"))
-}
-
-pub fn clusters(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), namespace, &resource("Cluster"))
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {

@@ -142,18 +142,14 @@ impl Context {
         ns: &str,
         name: &str,
     ) -> Result<Option<Arc<DynamicObject>>> {
+        let resource = crate::capi::resource(kind);
         if let Some(store) = cache.get()
             && cache_synced(store, Some(Duration::from_secs(2))).await
-            && let Some(obj) =
-                store.get(&ObjectRef::new_with(name, crate::capi::resource(kind)).within(ns))
+            && let Some(obj) = store.get(&ObjectRef::new_with(name, resource.clone()).within(ns))
         {
             return Ok(Some(obj));
         }
-        let api = Api::<DynamicObject>::namespaced_with(
-            self.client.clone(),
-            ns,
-            &crate::capi::resource(kind),
-        );
+        let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &resource);
         Ok(api.get_opt(name).await?.map(Arc::new))
     }
 

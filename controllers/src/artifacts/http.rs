@@ -234,14 +234,7 @@ async fn artifact(
 }
 
 fn memory_etag(b: &Bytes) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, b);
-    format!(
-        "\"{}\"",
-        d.as_ref()[..16]
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    )
+    format!("\"{}\"", super::store::content_digest(b))
 }
 
 /// Streams `[start, end)` of the prepared image in fixed chunks read on the blocking pool.

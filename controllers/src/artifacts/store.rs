@@ -100,17 +100,13 @@ impl SparseImage {
                 _ => extents.push((offset, block.to_vec())),
             }
         }
-        let d = ring::digest::digest(&ring::digest::SHA256, image);
         SparseImage {
             len: image.len(),
             extents: extents
                 .into_iter()
                 .map(|(o, d)| (o, Bytes::from(d)))
                 .collect(),
-            digest: d.as_ref()[..16]
-                .iter()
-                .map(|x| format!("{x:02x}"))
-                .collect(),
+            digest: content_digest(image),
         }
     }
 
@@ -154,10 +150,13 @@ impl From<Vec<u8>> for SparseImage {
     }
 }
 
-impl From<Bytes> for SparseImage {
-    fn from(v: Bytes) -> Self {
-        SparseImage::new(&v)
-    }
+/// The first 128 bits of the SHA-256 of `data`, in hex: the ETag of what is served from memory.
+pub(crate) fn content_digest(data: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    d.as_ref()[..16]
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

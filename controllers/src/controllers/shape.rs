@@ -50,7 +50,7 @@ where
     });
     // A pass on the very copy an earlier pass already brought to this status (the cache has not
     // delivered our write yet: another watch woke the object) has nothing to write.
-    let memo_key = format!("{}/{}", K::kind(&()), key(obj));
+    let memo_key = applied_key(obj);
     let written = (obj.resource_version().unwrap_or_default(), digest(&patch));
     if ctx.applied_status.lock().unwrap().get(&memo_key) == Some(&written) {
         return Ok(());
@@ -68,8 +68,9 @@ where
             ctx.applied_status.lock().unwrap().insert(memo_key, written);
             Ok(())
         }
+        // Gone: nothing to remember of it.
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            forget_applied_status::<K>(ctx, obj);
+            ctx.applied_status.lock().unwrap().remove(&applied_key(obj));
             Ok(())
         }
         Err(e) => Err(e.into()),
@@ -83,10 +84,9 @@ fn digest(v: &serde_json::Value) -> u64 {
     h.finish()
 }
 
-/// Drops what [`apply_status`] remembers of an object that is going away.
-pub fn forget_applied_status<K: Resource<DynamicType = ()> + ResourceExt>(ctx: &Context, obj: &K) {
-    let memo_key = format!("{}/{}", K::kind(&()), key(obj));
-    ctx.applied_status.lock().unwrap().remove(&memo_key);
+/// `<kind>/<namespace>/<name>`: an object's entry in `Context::applied_status`.
+fn applied_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!("{}/{}", K::kind(&()), key(obj))
 }
 
 /// A failed pass of `controller` on `key`: logged, counted by reason, shown as Ready=False with
