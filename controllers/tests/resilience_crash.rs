@@ -369,8 +369,13 @@ async fn manager_killed_at_random_points_never_double_boots_or_leaves_stale_medi
             "a released host was powered on; {}",
             ctx()
         );
+        // An eject whose answer never came back because the manager was killed while it was in
+        // flight (no fault injected) still reached the BMC; the BMC's own view below says
+        // whether the media is gone.
         assert!(
-            log.iter().any(|r| r.succeeded() && r.is_eject()),
+            log.iter()
+                .any(|r| r.is_eject()
+                    && (r.succeeded() || (r.fault.is_none() && r.status.is_none()))),
             "media never ejected; {}",
             ctx()
         );
