@@ -30,7 +30,7 @@ pub use os::{
     resolve_kernel_args,
 };
 pub use patch::{
-    BootPath, ConfigFound, Firmware, IsoPatch, Loader, PatchError, PatchOptions, PatchedIso,
+    BootPath, ConfigFound, Firmware, IsoPatch, Loader, PatchError, PatchOptions, PatchedIso, Piece,
     TailPiece, patch_iso, patch_iso_with,
 };
 pub use source::{ReadAt, SeekSource};

@@ -164,6 +164,32 @@ impl TailPiece {
     }
 }
 
+/// Where a run of bytes of the patched image comes from ([`IsoPatch::pieces`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// `len` bytes of the source from `offset`.
+    Source {
+        offset: u64,
+        len: u64,
+    },
+    /// Bytes the patch holds.
+    Bytes(&'a [u8]),
+    Zeros(u64),
+}
+
+impl Piece<'_> {
+    pub fn len(&self) -> u64 {
+        match self {
+            Self::Source { len, .. } | Self::Zeros(len) => *len,
+            Self::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// How the patched image differs from the source.
 #[derive(Clone, Debug)]
 pub struct IsoPatch {
@@ -233,52 +259,86 @@ impl IsoPatch {
                 .sum::<usize>()
     }
 
+    /// Where the bytes `start..end` of the patched image (clamped to its length) come from, in
+    /// order: ranges of the source (a server can send those straight from the file), bytes the
+    /// patch holds, and zeros.
+    pub fn pieces(&self, start: u64, end: u64) -> Vec<Piece<'_>> {
+        let end = end.min(self.len);
+        let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
+        if start < self.source_len {
+            let src_end = end.min(self.source_len);
+            let mut pos = start;
+            // the first replaced range that could overlap
+            let first = self
+                .replaced
+                .partition_point(|(o, d)| o + d.len() as u64 <= start);
+            for (roff, data) in &self.replaced[first..] {
+                if *roff >= src_end {
+                    break;
+                }
+                if *roff > pos {
+                    out.push(Piece::Source {
+                        offset: pos,
+                        len: roff - pos,
+                    });
+                    pos = *roff;
+                }
+                let rend = (roff + data.len() as u64).min(src_end);
+                out.push(Piece::Bytes(
+                    &data[(pos - roff) as usize..(rend - roff) as usize],
+                ));
+                pos = rend;
+            }
+            if pos < src_end {
+                out.push(Piece::Source {
+                    offset: pos,
+                    len: src_end - pos,
+                });
+            }
+        }
+        if end > self.source_len {
+            let mut pos = start.max(self.source_len);
+            let mut i = self.tail.partition_point(|(o, p)| o + p.len() <= pos);
+            while pos < end && i < self.tail.len() {
+                let (poff, piece) = &self.tail[i];
+                let pend = (poff + piece.len()).min(end);
+                let at = pos - poff;
+                let len = pend - pos;
+                out.push(match piece {
+                    TailPiece::Bytes(b) => Piece::Bytes(&b[at as usize..(at + len) as usize]),
+                    TailPiece::Zeros(_) => Piece::Zeros(len),
+                    TailPiece::Source { offset: so, .. } => Piece::Source {
+                        offset: so + at,
+                        len,
+                    },
+                });
+                pos = pend;
+                i += 1;
+            }
+        }
+        out
+    }
+
     /// Fills `buf` with the patched image from `offset` (clamped to the end). Returns bytes read.
     pub fn read_at(&self, src: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if offset >= self.len {
             return Ok(0);
         }
         let n = buf.len().min((self.len - offset) as usize);
-        let buf = &mut buf[..n];
-        let end = offset + n as u64;
-        if offset < self.source_len {
-            let src_end = end.min(self.source_len);
-            let part = &mut buf[..(src_end - offset) as usize];
-            src.read_exact_at(offset, part)?;
-            // the first replaced range that could overlap
-            let first = self
-                .replaced
-                .partition_point(|(o, d)| o + d.len() as u64 <= offset);
-            for (roff, data) in &self.replaced[first..] {
-                if *roff >= src_end {
-                    break;
-                }
-                let rend = roff + data.len() as u64;
-                let s = offset.max(*roff);
-                let e = src_end.min(rend);
-                part[(s - offset) as usize..(e - offset) as usize]
-                    .copy_from_slice(&data[(s - roff) as usize..(e - roff) as usize]);
+        let mut at = 0;
+        for piece in self.pieces(offset, offset + n as u64) {
+            let dst = &mut buf[at..at + piece.len() as usize];
+            match piece {
+                Piece::Source { offset, .. } => src.read_exact_at(offset, dst)?,
+                Piece::Bytes(b) => dst.copy_from_slice(b),
+                Piece::Zeros(_) => dst.fill(0),
             }
+            at += dst.len();
         }
-        if end > self.source_len {
-            let mut pos = offset.max(self.source_len);
-            let mut i = self.tail.partition_point(|(o, p)| o + p.len() <= pos);
-            while pos < end && i < self.tail.len() {
-                let (poff, piece) = &self.tail[i];
-                let pend = (poff + piece.len()).min(end);
-                let dst = &mut buf[(pos - offset) as usize..(pend - offset) as usize];
-                let at = pos - poff;
-                match piece {
-                    TailPiece::Bytes(b) => {
-                        dst.copy_from_slice(&b[at as usize..at as usize + dst.len()])
-                    }
-                    TailPiece::Zeros(_) => dst.fill(0),
-                    TailPiece::Source { offset: so, .. } => src.read_exact_at(so + at, dst)?,
-                }
-                pos = pend;
-                i += 1;
-            }
-        }
+        debug_assert_eq!(at, n, "the pieces cover the range");
         Ok(n)
     }
 
@@ -1171,4 +1231,93 @@ fn fill_tail(start: u64, end: u64, map: BTreeMap<u64, TailPiece>) -> Vec<(u64, T
         out.push((pos, TailPiece::Zeros(end - pos)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 100-byte source with bytes 10..20 and 40..45 replaced and a tail of 5 patch bytes,
+    /// 3 zeros and 4 source bytes from offset 60.
+    fn patch() -> IsoPatch {
+        IsoPatch {
+            source_len: 100,
+            len: 112,
+            replaced: vec![(10, vec![1; 10]), (40, vec![2; 5])],
+            tail: vec![
+                (100, TailPiece::Bytes(vec![3; 5])),
+                (105, TailPiece::Zeros(3)),
+                (108, TailPiece::Source { offset: 60, len: 4 }),
+            ],
+            configs: Vec::new(),
+            boot_paths: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pieces_split_a_range_at_every_replaced_range_and_tail_piece() {
+        let p = patch();
+        use Piece::*;
+        assert_eq!(
+            p.pieces(0, 112),
+            vec![
+                Source { offset: 0, len: 10 },
+                Bytes(&[1; 10]),
+                Source {
+                    offset: 20,
+                    len: 20
+                },
+                Bytes(&[2; 5]),
+                Source {
+                    offset: 45,
+                    len: 55
+                },
+                Bytes(&[3; 5]),
+                Zeros(3),
+                Source { offset: 60, len: 4 },
+            ]
+        );
+        // starting and ending inside replaced ranges and tail pieces
+        assert_eq!(
+            p.pieces(15, 42),
+            vec![
+                Bytes(&[1; 5]),
+                Source {
+                    offset: 20,
+                    len: 20
+                },
+                Bytes(&[2; 2]),
+            ]
+        );
+        assert_eq!(
+            p.pieces(98, 110),
+            vec![
+                Source { offset: 98, len: 2 },
+                Bytes(&[3; 5]),
+                Zeros(3),
+                Source { offset: 60, len: 2 },
+            ]
+        );
+        // clamped to the end; empty past it
+        assert_eq!(p.pieces(111, 500), vec![Source { offset: 63, len: 1 }]);
+        assert!(p.pieces(112, 500).is_empty());
+        assert!(p.pieces(30, 30).is_empty());
+    }
+
+    #[test]
+    fn read_at_follows_the_pieces() {
+        let p = patch();
+        let src: Vec<u8> = (0..100u8).collect();
+        let mut buf = vec![0xffu8; 200];
+        assert_eq!(p.read_at(&src, 0, &mut buf).unwrap(), 112);
+        let mut want: Vec<u8> = (0..100u8).collect();
+        want[10..20].fill(1);
+        want[40..45].fill(2);
+        want.extend([3, 3, 3, 3, 3, 0, 0, 0, 60, 61, 62, 63]);
+        assert_eq!(&buf[..112], &want[..]);
+        let mut small = [0u8; 7];
+        assert_eq!(p.read_at(&src, 38, &mut small).unwrap(), 7);
+        assert_eq!(small, [38, 39, 2, 2, 2, 2, 2]);
+    }
 }

@@ -13,4 +13,5 @@ pub mod manager;
 pub mod media_cmd;
 pub mod metrics;
 pub mod telemetry;
+mod tls;
 pub mod webhooks;

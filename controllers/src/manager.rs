@@ -183,17 +183,18 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         info!(%bind, cert_dir = %args.webhook_cert_dir.display(), "admission webhooks listening");
     }
 
-    let artifact_config = args.artifacts.clone().into_config();
+    let artifact_config = args
+        .artifacts
+        .clone()
+        .into_config()
+        .map_err(|e| anyhow::anyhow!(e))?;
     let store = ArtifactStore::new(&artifact_config)?;
     {
+        let listener = crate::artifacts::ArtifactListener::bind(&artifact_config).await?;
+        info!(bind = %artifact_config.bind_address, base = %artifact_config.external_base_url, tls = listener.is_tls(), "artifact server listening");
         let store = store.clone();
-        let bind = artifact_config.bind_address;
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("artifact server on {bind}: {e}"))?;
-        info!(%bind, base = %artifact_config.external_base_url, "artifact server listening");
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, crate::artifacts::router(store)).await {
+            if let Err(e) = listener.serve(store, futures::future::pending()).await {
                 error!(error = %e, "artifact server stopped");
             }
         });

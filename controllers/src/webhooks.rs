@@ -17,9 +17,7 @@
 //! cluster), re-read when the files change so rotated certificates are picked up.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::path::Path;
 
 use axum::Json;
 use axum::Router;
@@ -306,73 +304,6 @@ pub fn router() -> Router {
         .route(VALIDATE_MACHINE, post(|b| handle(Kind::Beskar7Machine, b)))
 }
 
-/// Serving certificate from `tls.crt` / `tls.key`, re-read when `tls.crt` changes.
-#[derive(Debug)]
-struct CertFiles {
-    dir: PathBuf,
-    loaded: Mutex<(Option<SystemTime>, Arc<rustls::sign::CertifiedKey>)>,
-}
-
-impl CertFiles {
-    fn new(dir: &Path) -> anyhow::Result<Self> {
-        let (mtime, key) = Self::load(dir)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            loaded: Mutex::new((mtime, Arc::new(key))),
-        })
-    }
-
-    fn load(dir: &Path) -> anyhow::Result<(Option<SystemTime>, rustls::sign::CertifiedKey)> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let crt = dir.join("tls.crt");
-        let key = dir.join("tls.key");
-        let mtime = std::fs::metadata(&crt).and_then(|m| m.modified()).ok();
-        let certs = CertificateDer::pem_file_iter(&crt)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| anyhow::anyhow!("webhook certificate {}: {e}", crt.display()))?;
-        anyhow::ensure!(
-            !certs.is_empty(),
-            "webhook certificate {} holds no certificate",
-            crt.display()
-        );
-        let key_der = PrivateKeyDer::from_pem_file(&key)
-            .map_err(|e| anyhow::anyhow!("webhook key {}: {e}", key.display()))?;
-        let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
-            .map_err(|e| anyhow::anyhow!("webhook key {}: {e}", key.display()))?;
-        Ok((mtime, rustls::sign::CertifiedKey::new(certs, signing)))
-    }
-
-    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        let mtime = std::fs::metadata(self.dir.join("tls.crt"))
-            .and_then(|m| m.modified())
-            .ok();
-        if mtime.is_some() && mtime != loaded.0 {
-            match Self::load(&self.dir) {
-                Ok((m, key)) => {
-                    info!(dir = %self.dir.display(), "webhook serving certificate reloaded");
-                    *loaded = (m, Arc::new(key));
-                }
-                // Mid-rotation (crt written, key not yet): keep serving the old pair.
-                Err(e) => {
-                    warn!(error = %e, "reloading the webhook certificate; keeping the previous one")
-                }
-            }
-        }
-        loaded.1.clone()
-    }
-}
-
-impl rustls::server::ResolvesServerCert for CertFiles {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current())
-    }
-}
-
 /// Serves the webhooks over TLS on `bind` with `tls.crt` / `tls.key` from `cert_dir` until the
 /// task is dropped. Fails at once when the listener cannot be bound or the certificate is not
 /// readable.
@@ -405,15 +336,7 @@ pub fn spawn_on(
     listener: tokio::net::TcpListener,
     cert_dir: &Path,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let certs = Arc::new(CertFiles::new(cert_dir)?);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = crate::tls::acceptor(cert_dir, "webhook", &[b"h2".as_slice(), b"http/1.1"])?;
     info!(addr = %listener.local_addr()?, cert_dir = %cert_dir.display(), "webhook server listening");
     Ok(tokio::spawn(accept_loop(listener, acceptor)))
 }
@@ -733,42 +656,6 @@ mod tests {
             );
             assert!(r.allowed && r.warnings.is_none(), "{boot} {mode}");
         }
-    }
-
-    #[test]
-    fn rotated_certificate_is_picked_up() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = beskar7_test::certs::Ca::new("reload-test").unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, mtime: std::time::SystemTime| {
-            let pair = ca.loopback_serving_cert(name).unwrap();
-            std::fs::write(dir.path().join("tls.key"), &pair.key_pem).unwrap();
-            std::fs::write(dir.path().join("tls.crt"), &pair.cert_pem).unwrap();
-            let f = std::fs::File::options()
-                .write(true)
-                .open(dir.path().join("tls.crt"))
-                .unwrap();
-            f.set_modified(mtime).unwrap();
-        };
-        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        write("first", t0);
-        let files = CertFiles::new(dir.path()).unwrap();
-        let first = files.current().cert[0].clone();
-        assert_eq!(
-            files.current().cert[0],
-            first,
-            "unchanged files: same certificate"
-        );
-        write("second", t0 + std::time::Duration::from_secs(60));
-        assert_ne!(
-            files.current().cert[0],
-            first,
-            "a rotated tls.crt is served"
-        );
-        // A broken rotation keeps the last good pair.
-        std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
-        let second = files.current().cert[0].clone();
-        assert_ne!(second, first);
     }
 
     #[tokio::test]

@@ -593,3 +593,121 @@ async fn caller_supplied_tokens() {
             .contains(&format!("config_url=http://{}/{t2}/config", art.addr))
     );
 }
+
+#[tokio::test]
+async fn pipelined_requests_share_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (art, source, _d, _iso) = setup().await;
+    let urls = art
+        .store
+        .register("ns/p", full_set(source.url("live.iso"), None))
+        .unwrap();
+    let t = &urls.token;
+    let mut s = tokio::net::TcpStream::connect(art.addr).await.unwrap();
+    // three requests in one write; the last asks to close
+    let req = format!(
+        "GET /{t}/config HTTP/1.1\r\nHost: x\r\n\r\n\
+         HEAD /{t}/config.img HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /{t}/config HTTP/1.1\r\nHost: x\r\nRange: bytes=0-12\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 206 Partial Content"
+        ],
+        "{text}"
+    );
+    assert_eq!(text.matches("#cloud-config\ninstall:").count(), 1, "{text}");
+    assert!(text.ends_with("\r\n\r\n#cloud-config"), "{text}");
+    assert_eq!(text.matches("connection: close").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("content-length: 5000\r\n").count(),
+        1,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn https_serves_the_patched_iso_to_a_verifying_client() {
+    beskar7_test::install_crypto_provider();
+    let ca = beskar7_test::certs::Ca::new("artifact-test-ca").unwrap();
+    let pair = ca.loopback_serving_cert("beskar7-artifacts").unwrap();
+    let certs = TempDir::new("certs");
+    std::fs::write(certs.path().join("tls.crt"), &pair.cert_pem).unwrap();
+    std::fs::write(certs.path().join("tls.key"), &pair.key_pem).unwrap();
+
+    let src_dir = TempDir::new("src");
+    let iso = test_iso();
+    std::fs::write(src_dir.path().join("live.iso"), &iso).unwrap();
+    let source = SourceServer::start(src_dir.path().to_path_buf()).await;
+    let art = Artifacts::start_with_tls(1 << 30, Some(certs.path())).await;
+    let urls = art
+        .store
+        .register("ns/tls", full_set(source.url("live.iso"), None))
+        .unwrap();
+    let boot = urls.boot_iso.clone().unwrap();
+    let config_url = urls.config_document.clone().unwrap();
+    assert!(boot.starts_with("https://"), "{boot}");
+    assert!(config_url.starts_with("https://"), "{config_url}");
+    let expected = {
+        let args = vec![
+            format!("config_url={config_url}"),
+            "console=ttyS0".to_string(),
+        ];
+        let mut v = Vec::new();
+        PatchedIso::open(iso.clone(), &args)
+            .unwrap()
+            .write_to(&mut v)
+            .unwrap();
+        v
+    };
+
+    let trusting = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let r = trusting.get(&boot).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), expected.as_slice());
+    // a range across the patched config file: the same bytes as the whole image's
+    let needle = format!("config_url={config_url}");
+    let at = expected
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .unwrap();
+    let (start, end) = (at - 1000, at + 5000);
+    let r = trusting
+        .get(&boot)
+        .header("range", format!("bytes={start}-{}", end - 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &expected[start..end]);
+    let r = trusting.get(&config_url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().starts_with("#cloud-config"));
+
+    // a client that does not trust the CA gets no bytes
+    let other_ca = beskar7_test::certs::Ca::new("someone-else").unwrap();
+    let distrusting = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(other_ca.cert_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let err = distrusting.get(&boot).send().await.unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+    // plain HTTP on the TLS port is not answered with an artifact
+    let (code, text) = raw_request(art.addr, &format!("/{}/config", urls.token)).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("cloud-config"), "{text}");
+}

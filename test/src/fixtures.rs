@@ -124,6 +124,30 @@ pub fn write_sparse_image(path: &Path, head: &[u8], size: u64) -> std::io::Resul
         .set_len(size.max(head.len() as u64))
 }
 
+/// Writes `head` then pseudo-random bytes up to `size`: an image whose every block holds data, so
+/// a server has to move real bytes, not copy zeros of a hole.
+pub fn write_filled_image(path: &Path, head: &[u8], size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    out.write_all(head)?;
+    let mut left = size.saturating_sub(head.len() as u64);
+    // xorshift64: fast, and nothing in it compresses or repeats within an image
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; 1 << 20];
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    out.flush()
+}
+
 /// Extracts one file of an ISO with xorriso (an independent reader of what we serve).
 pub fn iso_extract(iso: &Path, file: &str, out: &Path) -> std::io::Result<Vec<u8>> {
     let status = Command::new("xorriso")

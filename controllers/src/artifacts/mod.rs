@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use cache::{CacheStats, SourceCache};
-pub use http::{RangeRequest, parse_range, router, serve};
+pub use http::{ArtifactListener, RangeRequest, parse_range, serve};
 pub use store::{
     ArtifactError, ArtifactSet, ArtifactStore, ArtifactUrls, BootIsoSource, ConfigDocument,
     ConfigVolume, PreparedFacts, SparseImage,
@@ -40,6 +40,9 @@ pub struct ArtifactServerConfig {
     pub cache_dir: PathBuf,
     /// Upper bound of the cache's size on disk, in bytes.
     pub cache_max_bytes: u64,
+    /// Serve HTTPS with `tls.crt` / `tls.key` of this directory (re-read when they change);
+    /// plain HTTP without.
+    pub tls_cert_dir: Option<PathBuf>,
 }
 
 impl ArtifactServerConfig {
@@ -66,20 +69,38 @@ pub struct ArtifactServerArgs {
     /// Maximum size of the ISO cache, with an optional K/M/G/T suffix (powers of 1024).
     #[arg(long = "artifact-cache-size", env = "BESKAR7_ARTIFACT_CACHE_SIZE", default_value = "20G", value_parser = parse_size)]
     pub cache_max_bytes: u64,
+    /// Serve artifacts over HTTPS with tls.crt and tls.key from this directory (e.g. a
+    /// cert-manager Secret mounted as a volume; re-read when it changes). For BMCs that mount
+    /// virtual media only over HTTPS. The base URL must then be https.
+    #[arg(long = "artifact-tls-cert-dir", env = "BESKAR7_ARTIFACT_TLS_CERT_DIR")]
+    pub tls_cert_dir: Option<PathBuf>,
 }
 
 impl ArtifactServerArgs {
-    /// The config; without a base URL, `http://<bind address>` is used (only useful when BMCs can reach it).
-    pub fn into_config(self) -> ArtifactServerConfig {
+    /// The config. Without a base URL, `http://<bind address>` (`https://` with TLS) is used,
+    /// which only helps when BMCs can reach that address. With TLS, a base URL must be https:
+    /// BMCs would otherwise be handed URLs of a listener that does not speak plain HTTP.
+    pub fn into_config(self) -> Result<ArtifactServerConfig, String> {
+        let scheme = if self.tls_cert_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let external_base_url = self
             .external_base_url
-            .unwrap_or_else(|| format!("http://{}", self.bind_address));
-        ArtifactServerConfig {
+            .unwrap_or_else(|| format!("{scheme}://{}", self.bind_address));
+        if self.tls_cert_dir.is_some() && !external_base_url.starts_with("https://") {
+            return Err(format!(
+                "--artifact-tls-cert-dir serves HTTPS, but --artifact-base-url {external_base_url:?} is not an https URL"
+            ));
+        }
+        Ok(ArtifactServerConfig {
             bind_address: self.bind_address,
             external_base_url,
             cache_dir: self.cache_dir,
             cache_max_bytes: self.cache_max_bytes,
-        }
+            tls_cert_dir: self.tls_cert_dir,
+        })
     }
 }
 
@@ -115,5 +136,27 @@ mod tests {
         assert_eq!(parse_size("512Mi").unwrap(), 512 << 20);
         assert!(parse_size("x").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn base_url_scheme_follows_tls() {
+        let args = |base: Option<&str>, tls: bool| ArtifactServerArgs {
+            bind_address: "10.0.0.5:8082".parse().unwrap(),
+            external_base_url: base.map(str::to_string),
+            cache_dir: "/c".into(),
+            cache_max_bytes: 1,
+            tls_cert_dir: tls.then(|| "/certs".into()),
+        };
+        let url = |a: ArtifactServerArgs| a.into_config().map(|c| c.external_base_url);
+        assert_eq!(url(args(None, false)).unwrap(), "http://10.0.0.5:8082");
+        assert_eq!(url(args(None, true)).unwrap(), "https://10.0.0.5:8082");
+        assert_eq!(
+            url(args(Some("https://art.example:443"), true)).unwrap(),
+            "https://art.example:443"
+        );
+        let err = url(args(Some("http://art.example"), true)).unwrap_err();
+        assert!(err.contains("not an https URL"), "{err}");
+        // without TLS any scheme is allowed: a TLS-terminating proxy may sit in front
+        assert!(url(args(Some("https://proxy.example"), false)).is_ok());
     }
 }

@@ -1,11 +1,10 @@
 //! Registered machines, their tokens and artifacts.
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::{Arc, Mutex};
 
 use beskar7_boot::{
-    IsoPatch, KernelArg, PatchError, PatchOptions, ReadAt, VolumeFormat, patch_iso_with,
+    IsoPatch, KernelArg, PatchError, PatchOptions, Piece, VolumeFormat, patch_iso_with,
     resolve_kernel_args,
 };
 use bytes::Bytes;
@@ -198,16 +197,19 @@ pub(crate) struct PreparedIso {
 }
 
 impl PreparedIso {
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    /// Where `start..end` of the served image comes from ([`IsoPatch::pieces`]).
+    pub fn pieces(&self, start: u64, end: u64) -> Vec<Piece<'_>> {
         match &self.patch {
-            Some(p) => p.read_at(&*self.file, offset, buf),
+            Some(p) => p.pieces(start, end),
             None => {
-                if offset >= self.len {
-                    return Ok(0);
+                let end = end.min(self.len);
+                if start >= end {
+                    return Vec::new();
                 }
-                let n = buf.len().min((self.len - offset) as usize);
-                self.file.read_exact_at(offset, &mut buf[..n])?;
-                Ok(n)
+                vec![Piece::Source {
+                    offset: start,
+                    len: end - start,
+                }]
             }
         }
     }

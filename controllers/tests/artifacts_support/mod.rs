@@ -11,7 +11,7 @@ use axum::extract::{Path as AxPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use beskar7_boot::{VolumeFile, VolumeFormat, build_volume};
-use beskar7_controllers::artifacts::{ArtifactServerConfig, ArtifactStore, router};
+use beskar7_controllers::artifacts::{ArtifactListener, ArtifactServerConfig, ArtifactStore};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
@@ -127,31 +127,46 @@ pub struct Artifacts {
     pub store: Arc<ArtifactStore>,
     pub addr: SocketAddr,
     pub cache_dir: TempDir,
+    pub scheme: &'static str,
 }
 
 impl Artifacts {
     pub async fn start(cache_max_bytes: u64) -> Self {
+        Self::start_with_tls(cache_max_bytes, None).await
+    }
+
+    /// Over HTTPS with `tls.crt` / `tls.key` of `cert_dir` when given.
+    pub async fn start_with_tls(cache_max_bytes: u64, cert_dir: Option<&Path>) -> Self {
         let cache_dir = TempDir::new("cache");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let scheme = if cert_dir.is_some() { "https" } else { "http" };
         let config = ArtifactServerConfig {
             bind_address: addr,
-            external_base_url: format!("http://{addr}/"),
+            external_base_url: format!("{scheme}://{addr}/"),
             cache_dir: cache_dir.path().to_path_buf(),
             cache_max_bytes,
+            tls_cert_dir: cert_dir.map(Path::to_path_buf),
         };
         let store = ArtifactStore::new(&config).unwrap();
-        let app = router(store.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let server = ArtifactListener::new(listener, cert_dir).unwrap();
+        let serving = store.clone();
+        tokio::spawn(async move {
+            server
+                .serve(serving, futures::future::pending())
+                .await
+                .unwrap()
+        });
         Self {
             store,
             addr,
             cache_dir,
+            scheme,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 }
 
