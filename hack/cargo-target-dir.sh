@@ -9,6 +9,13 @@
 # a toolchain or dependency change starts a new directory; within one key Cargo's own fingerprints
 # (source mtimes and hashes, flags, features) decide what is rebuilt, as they do in ./target. A result can only
 # come from a stale cache if Cargo's fingerprints are wrong, which is equally true of ./target.
+# One way they are: Cargo names the workspace's own crates by their path inside the workspace and
+# judges them fresh by source mtimes, so two checkouts building into one directory share those
+# artifacts, and a build in checkout B after A's files last changed makes A's look fresh
+# (seen: a release build of an older worktree, then one of main, linked main against the old
+# crate). A fresh clone's files are newer than any earlier build, so CI is safe as long as no
+# other checkout builds while it runs; after another checkout built (a CI clone too), `touch`
+# the sources of this one before building it.
 # The two most recently used keys are kept; older ones are removed (each is several GiB).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

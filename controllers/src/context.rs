@@ -67,19 +67,63 @@ pub struct Context {
     /// The state each host's last announced transition went to, so a lagging cache does not
     /// announce it twice (events and metrics only, never decisions).
     pub transitions: Mutex<HashMap<String, String>>,
-    /// The resourceVersion of each host as this manager last wrote or read it live: a cached copy
-    /// with another one may predate our own last write, so the pass reads the host afresh
-    /// (a freshness check on the cache, never a source of decisions).
-    pub host_versions: Mutex<HashMap<String, String>>,
+    /// The resourceVersions of each host as this manager last wrote or read it live (or first
+    /// saw it): a cached copy with another one may predate our own last write, so the pass reads
+    /// the host afresh, and one our own later write superseded is skipped (freshness checks on
+    /// the cache, never a source of decisions).
+    pub host_versions: Mutex<HashMap<String, HostVersions>>,
     /// The hosts' credentials and CA-bundle Secrets, kept current by the Secret watch.
     pub secrets: SecretCache,
-    /// Per object (`<kind>/<namespace>/<name>`): the resourceVersion of the copy whose status
-    /// a pass last applied, and a digest of what it applied (requests saved, never decisions).
-    pub applied_status: Mutex<HashMap<String, (String, u64)>>,
+    /// Per object (`<kind>/<namespace>/<name>`): what a pass last applied as its status
+    /// (requests saved, never decisions).
+    pub applied_status: Mutex<HashMap<String, AppliedStatus>>,
     /// The machine controller's caches of CAPI Machines and Clusters (their watches' copies,
     /// without managedFields), once it runs.
     pub capi_machines: std::sync::OnceLock<Store<DynamicObject>>,
     pub capi_clusters: std::sync::OnceLock<Store<DynamicObject>>,
+}
+
+/// What [`Context::applied_status`] keeps of an object's last status write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppliedStatus {
+    /// resourceVersions known to be older than that write: the copy the pass read and the
+    /// pass's own earlier writes.
+    pub older: Vec<String>,
+    /// Digest of the applied patch.
+    pub digest: u64,
+}
+
+/// What [`Context::host_versions`] keeps of one host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostVersions {
+    /// The newest version this manager has seen from the API server.
+    pub newest: String,
+    /// Versions it saw replaced by a newer one (a few, newest last).
+    pub older: Vec<String>,
+}
+
+impl HostVersions {
+    /// A pass writes a host at most a handful of times; older copies than that are not worth
+    /// remembering (a pass on one reads the host afresh).
+    const KEEP: usize = 8;
+
+    fn superseded(&self, rv: &str) -> bool {
+        self.older.iter().any(|o| o == rv)
+    }
+
+    fn note(&mut self, rv: String) {
+        if rv == self.newest {
+            return;
+        }
+        if !self.newest.is_empty() {
+            self.older.push(std::mem::replace(&mut self.newest, rv));
+            if self.older.len() > Self::KEEP {
+                self.older.remove(0);
+            }
+        } else {
+            self.newest = rv;
+        }
+    }
 }
 
 impl Context {
@@ -163,13 +207,31 @@ impl Context {
         true
     }
 
-    /// Remembers the newest resourceVersion of `key` this manager has seen from the API server.
+    /// Remembers the newest resourceVersion of `key` this manager has seen from the API server
+    /// (its own write's answer, or a live read). The one it replaces is older by construction.
     pub fn note_host_version(&self, key: &str, obj: &impl kube::ResourceExt) {
         if let Some(rv) = obj.resource_version() {
             self.host_versions
                 .lock()
                 .unwrap()
-                .insert(key.to_string(), rv);
+                .entry(key.to_string())
+                .or_default()
+                .note(rv);
+        }
+    }
+
+    /// A host pass starts from `obj`: when this manager knows no version of the host yet, that
+    /// copy is the newest it has seen (so once the pass writes, a pass on it is superseded).
+    pub fn note_host_copy(&self, key: &str, obj: &impl kube::ResourceExt) {
+        if let Some(rv) = obj.resource_version() {
+            self.host_versions
+                .lock()
+                .unwrap()
+                .entry(key.to_string())
+                .or_insert_with(|| HostVersions {
+                    newest: rv,
+                    older: Vec::new(),
+                });
         }
     }
 
@@ -178,7 +240,18 @@ impl Context {
     pub fn host_copy_may_be_stale(&self, key: &str, obj: &impl kube::ResourceExt) -> bool {
         let seen = self.host_versions.lock().unwrap();
         seen.get(key)
-            .is_some_and(|rv| obj.resource_version().as_deref() != Some(rv.as_str()))
+            .is_some_and(|v| obj.resource_version().as_deref() != Some(v.newest.as_str()))
+    }
+
+    /// Whether a cached copy of `key` is one this manager has already seen superseded (a write of
+    /// ours before the last one of a pass): the newer version's watch event is still to come,
+    /// and that one's pass does the work.
+    pub fn host_copy_superseded(&self, key: &str, obj: &impl kube::ResourceExt) -> bool {
+        let seen = self.host_versions.lock().unwrap();
+        match (seen.get(key), obj.resource_version()) {
+            (Some(v), Some(rv)) => v.superseded(&rv),
+            _ => false,
+        }
     }
 
     pub fn forget_host_version(&self, key: &str) {
@@ -450,6 +523,31 @@ pub async fn bmc_target(ctx: &Context, host: &PhysicalHost) -> Result<BmcTarget>
 
 #[cfg(test)]
 mod tests {
+    use super::HostVersions;
+
+    #[test]
+    fn host_versions_remember_what_our_own_writes_superseded() {
+        let mut v = HostVersions::default();
+        v.note("10".into());
+        assert!(!v.superseded("10"), "the newest is not superseded");
+        // one pass: annotation patch, then status apply
+        v.note("11".into());
+        v.note("12".into());
+        assert_eq!(v.newest, "12");
+        assert!(v.superseded("10") && v.superseded("11"));
+        assert!(!v.superseded("12"));
+        // a version someone else wrote is not ours to skip
+        assert!(!v.superseded("13"));
+        // noting the same version twice (a live read of our own write) changes nothing
+        v.note("12".into());
+        assert_eq!(v.older, ["10", "11"]);
+        for rv in 13..30 {
+            v.note(rv.to_string());
+        }
+        assert_eq!(v.older.len(), HostVersions::KEEP);
+        assert!(v.superseded("28") && !v.superseded("10"));
+    }
+
     use super::SecretCache;
     use k8s_openapi::api::core::v1::Secret;
     use kube::runtime::watcher::Event;

@@ -328,9 +328,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         );
 
     // Beskar7Machine: woken by its host, its CAPI Machine, and its Cluster.
-    let machine_ctrl = Controller::new(namespaced::<Beskar7Machine>(&client, &ns), filtered())
-        .with_config(config.clone());
-    let machine_store = machine_ctrl.store();
+    let (machine_store, machine_events) =
+        without_managed_fields(namespaced::<Beskar7Machine>(&client, &ns), filtered());
+    let machine_ctrl =
+        Controller::for_stream(machine_events, machine_store.clone()).with_config(config.clone());
     let machines_for_cluster = machine_store.clone();
     let machine_store_ready = machine_store.clone();
     let machine_ctrl = machine_ctrl
@@ -614,6 +615,7 @@ fn host_fan_out(
         .unzip();
     let source = watcher(api, config)
         .backoff(WatchBackoff::default())
+        .modify(|h| h.managed_fields_mut().clear())
         .reflect(writer);
     tokio::spawn(async move {
         let mut source = std::pin::pin!(source);
@@ -630,6 +632,35 @@ fn host_fan_out(
         }
     });
     (store, receivers.into_iter().map(|rx| rx.map(Ok)).collect())
+}
+
+/// A watch of `api` whose cache keeps the objects without managedFields (the controllers never
+/// read them; with status applied server-side they are a large share of each object), and the
+/// stream of objects it applied.
+fn without_managed_fields<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let writer = Writer::default();
+    let store = writer.as_reader();
+    let events = watcher(api, config)
+        .backoff(WatchBackoff::default())
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    (store, events)
 }
 
 /// A watch of CAPI objects of `kind` that keeps their latest copies, without managedFields, in

@@ -37,7 +37,7 @@ pub async fn reconcile(b7c: Arc<Beskar7Cluster>, ctx: Arc<Context>) -> Result<Ac
             &e,
         ),
     };
-    shape::apply_status(&ctx, &*b7c, FIELD_MANAGER, &before, &status).await?;
+    shape::apply_status(&ctx, &*b7c, FIELD_MANAGER, &before, &status, &[]).await?;
     Ok(action)
 }
 

@@ -31,16 +31,50 @@ fn key(m: &Beskar7Machine) -> String {
     shape::key(m)
 }
 
+/// What a pass wrote to the machine itself before its status: a copy at one of these versions
+/// is older than the status the pass applies, and the last one's generation is what the pass
+/// observed (its own providerID included).
+#[derive(Debug, Default)]
+struct OwnWrites {
+    versions: Vec<String>,
+    generation: Option<i64>,
+}
+
+impl OwnWrites {
+    fn record(&mut self, written: &Beskar7Machine) {
+        self.versions.extend(written.resource_version());
+        self.generation = written.metadata.generation.or(self.generation);
+    }
+
+    /// The resourceVersion a guarded write of this pass must send: the last one it wrote.
+    fn current_version(&self, m: &Beskar7Machine) -> Option<String> {
+        self.versions
+            .last()
+            .cloned()
+            .or_else(|| m.resource_version())
+    }
+}
+
 pub async fn reconcile(machine: Arc<Beskar7Machine>, ctx: Arc<Context>) -> Result<Action> {
     let before = machine.status.clone().unwrap_or_default();
     let mut status = before.clone();
     let generation = machine.metadata.generation;
+    let mut own = OwnWrites::default();
     let result = if machine.metadata.deletion_timestamp.is_some() {
         delete(&machine, &ctx, &mut status).await
     } else {
-        reconcile_normal(&machine, &ctx, &mut status).await
+        reconcile_normal(&machine, &ctx, &mut status, &mut own).await
     };
-    status.observed_generation = generation;
+    // The pass observed the generation its own spec write made (the providerID): its
+    // conditions say so too, or the next pass would write them again just for that.
+    if let Some(written) = own.generation.filter(|g| Some(*g) != generation) {
+        for c in &mut status.conditions {
+            if c.observed_generation == generation {
+                c.observed_generation = Some(written);
+            }
+        }
+    }
+    status.observed_generation = own.generation.or(generation);
     let action = match result {
         Ok(a) => {
             ctx.reset_backoff(&key(&machine));
@@ -56,7 +90,15 @@ pub async fn reconcile(machine: Arc<Beskar7Machine>, ctx: Arc<Context>) -> Resul
         ),
     };
     // A machine whose finalizer was just removed may be gone: apply_status ignores a 404.
-    shape::apply_status(&ctx, &*machine, FIELD_MANAGER, &before, &status).await?;
+    shape::apply_status(
+        &ctx,
+        &*machine,
+        FIELD_MANAGER,
+        &before,
+        &status,
+        &own.versions,
+    )
+    .await?;
     Ok(action)
 }
 
@@ -68,6 +110,7 @@ async fn reconcile_normal(
     m: &Beskar7Machine,
     ctx: &Context,
     status: &mut Beskar7MachineStatus,
+    own: &mut OwnWrites,
 ) -> Result<Action> {
     let ns = m.namespace().unwrap_or_default();
     let generation = m.metadata.generation;
@@ -127,10 +170,6 @@ async fn reconcile_normal(
         );
         return Ok(Action::requeue(ctx.settings.waiting_requeue));
     };
-    if !has_finalizer(m) {
-        shape::set_finalizer(ctx, m, FINALIZER, true).await?;
-        return Ok(Action::await_change());
-    }
     if !cluster.infrastructure_provisioned {
         wait(
             status,
@@ -161,9 +200,17 @@ async fn reconcile_normal(
 
     // Apply: find our host, or claim one.
     let hosts: Api<PhysicalHost> = Api::namespaced(ctx.client.clone(), &ns);
+    // The finalizer guards the claim: it goes on with the claim choice, in one patch
+    // (`record_claiming`), or by itself on a machine found holding a claim without it.
     let host = match find_claimed_host(m, &hosts, ctx).await? {
-        Some(h) => adopt_claim(m, h, &hosts).await?,
-        None => match claim_host(m, &machine, bootstrap_secret.as_deref(), &hosts, ctx).await? {
+        Some(h) => {
+            if !has_finalizer(m) {
+                own.record(&shape::set_finalizer(ctx, m, FINALIZER, true).await?);
+            }
+            adopt_claim(m, h, &hosts, ctx).await?
+        }
+        None => match claim_host(m, &machine, bootstrap_secret.as_deref(), &hosts, ctx, own).await?
+        {
             Some(h) => {
                 info!(machine = %key(m), host = %h.name_any(), "claimed host");
                 h
@@ -208,14 +255,21 @@ async fn reconcile_normal(
             }
             let id = provider_id(&ns, &host_name);
             if m.spec.provider_id.as_deref() != Some(id.as_str()) {
+                // Guarded by the version: the new generation is then exactly the spec this pass
+                // read plus the providerID, and the status below observes it.
                 let api: Api<Beskar7Machine> = Api::namespaced(ctx.client.clone(), &ns);
-                let patch = json!({"spec": {"providerID": id}});
-                api.patch(
-                    &m.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
+                let patch = json!({
+                    "metadata": {"resourceVersion": own.current_version(m)},
+                    "spec": {"providerID": id},
+                });
+                own.record(
+                    &api.patch(
+                        &m.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await?,
+                );
             }
             let mut addresses = vec![MachineAddress {
                 type_: MachineAddressType::Hostname,
@@ -268,7 +322,15 @@ async fn reconcile_normal(
             Ok(Action::await_change())
         }
         state => {
-            let state = state.unwrap_or_default();
+            // Between the claim and Provisioned the machine has one thing to say (the host's own
+            // status has the detail): one status write, not one per host state. A host just
+            // claimed still shows Available until its controller takes the claim.
+            let state = match state.unwrap_or_default() {
+                HostState::Available | HostState::Claimed | HostState::Provisioning => {
+                    "provisioning".to_string()
+                }
+                other => other.to_string(),
+            };
             status.phase = Some(MachinePhase::Provisioning.into());
             conditions::set(
                 &mut status.conditions,
@@ -299,13 +361,15 @@ async fn mark_node_joined(ctx: &Context, host: &PhysicalHost, m: &Beskar7Machine
         return Ok(());
     }
     let patch = json!({"metadata": {"annotations": {NODE_JOINED_ANNOTATION: claim}}});
-    Api::<PhysicalHost>::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default())
-        .patch(
-            &host.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+    let written =
+        Api::<PhysicalHost>::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default())
+            .patch(
+                &host.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+    ctx.note_host_version(&shape::key(&written), &written);
     Ok(())
 }
 
@@ -321,6 +385,7 @@ async fn adopt_claim(
     m: &Beskar7Machine,
     mut host: PhysicalHost,
     hosts: &Api<PhysicalHost>,
+    ctx: &Context,
 ) -> Result<PhysicalHost> {
     let name = host.name_any();
     let Some(c) = host.spec.consumer_ref.as_mut() else {
@@ -331,7 +396,9 @@ async fn adopt_claim(
     }
     info!(machine = %key(m), host = %name, "adopting a claim made under an earlier uid of this machine");
     c.uid = m.metadata.uid.clone();
-    Ok(hosts.replace(&name, &PostParams::default(), &host).await?)
+    let written = hosts.replace(&name, &PostParams::default(), &host).await?;
+    ctx.note_host_version(&shape::key(&written), &written);
+    Ok(written)
 }
 
 /// The host this machine already claimed. The one it named (its `hostRef`, or the host it was
@@ -400,16 +467,17 @@ pub fn host_fits(
     Ok(true)
 }
 
-/// Claims one fitting host: the choice is recorded on the machine (`CLAIMING_ANNOTATION`), then
-/// the host's `consumerRef` is set with an optimistic update. `None`: no host is free, or a
-/// conflict (another machine won the host, another manager is claiming for this machine), which
-/// the next pass resolves from fresh copies.
+/// Claims one fitting host: the choice is recorded on the machine (`CLAIMING_ANNOTATION`, with
+/// the finalizer), then the host's `consumerRef` is set with an optimistic update. `None`: no
+/// host is free, or a conflict (another machine won the host, another manager is claiming for
+/// this machine), which the next pass resolves from fresh copies.
 async fn claim_host(
     m: &Beskar7Machine,
     machine: &capi::Machine,
     bootstrap_secret: Option<&str>,
     hosts: &Api<PhysicalHost>,
     ctx: &Context,
+    own: &mut OwnWrites,
 ) -> Result<Option<PhysicalHost>> {
     let known = ctx.cached_hosts(m.namespace().as_deref()).await?;
     let mut candidates = Vec::new();
@@ -418,39 +486,39 @@ async fn claim_host(
             candidates.push(Arc::unwrap_or_clone(h));
         }
     }
-    // Start at a place that depends on the machine, so concurrent claimers spread out.
-    candidates.sort_by_key(|h| h.name_any());
-    if !candidates.is_empty() {
-        let start = m
-            .metadata
-            .uid
-            .as_deref()
-            .unwrap_or("")
-            .bytes()
-            .map(usize::from)
-            .sum::<usize>()
-            % candidates.len();
-        candidates.rotate_left(start);
-    }
+    // Each machine ranks the hosts by a hash of (its uid, the host's name), so concurrent
+    // claimers spread over the free hosts instead of racing for the same one (a sum of the uid's
+    // bytes, used before, falls in a narrow band: 57% of 1000 simultaneous claims conflicted).
+    let uid = m.metadata.uid.as_deref().unwrap_or("");
+    candidates.sort_by_cached_key(|h| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (uid, h.name_any()).hash(&mut hasher);
+        (hasher.finish(), h.name_any())
+    });
     // One host per machine, whoever reconciles it: a choice made before (by this manager or
     // another) is the only candidate; a new one is recorded on the machine first.
-    let (chosen, machine_version) = match m.annotations().get(CLAIMING_ANNOTATION) {
-        Some(chosen) => (chosen.clone(), m.resource_version()),
-        None => {
-            let Some(first) = candidates.first() else {
-                return Ok(None);
+    // (A choice without the finalizer, recorded by an earlier version, is recorded again.)
+    let chosen = match m.annotations().get(CLAIMING_ANNOTATION) {
+        Some(chosen) if has_finalizer(m) => chosen.clone(),
+        recorded => {
+            let name = match recorded {
+                Some(chosen) => chosen.clone(),
+                None => match candidates.first() {
+                    Some(first) => first.name_any(),
+                    None => return Ok(None),
+                },
             };
-            let name = first.name_any();
-            match record_claiming(m, ctx, m.resource_version(), Some(&name)).await? {
-                Some(version) => (name, Some(version)),
+            if !record_claiming(m, ctx, own, Some(&name)).await? {
                 // Another manager is claiming for this machine: its choice shows next pass.
-                None => return Ok(None),
+                return Ok(None);
             }
+            name
         }
     };
     let Some(mut h) = candidates.into_iter().find(|h| h.name_any() == chosen) else {
         // The chosen host went to another machine (or away): choose again next pass.
-        record_claiming(m, ctx, machine_version, None).await?;
+        record_claiming(m, ctx, own, None).await?;
         return Ok(None);
     };
     h.spec.consumer_ref = Some(ConsumerRef {
@@ -475,37 +543,48 @@ async fn claim_host(
         .replace(&h.name_any(), &PostParams::default(), &h)
         .await
     {
-        Ok(claimed) => Ok(Some(claimed)),
+        Ok(claimed) => {
+            // The host controller's pass on this version needs no fresh read of it.
+            ctx.note_host_version(&shape::key(&claimed), &claimed);
+            Ok(Some(claimed))
+        }
         // Changed since read: a fresh copy decides next pass (ours by then, or taken).
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Sets (or clears) the machine's `CLAIMING_ANNOTATION` if the machine is still at `version`.
-/// The new resourceVersion, or `None` when someone changed the machine first.
+/// Sets the machine's `CLAIMING_ANNOTATION` (and the finalizer that guards the claim), or
+/// clears the annotation, if the machine is still at the version this pass last wrote or read.
+/// False when someone changed the machine first.
 async fn record_claiming(
     m: &Beskar7Machine,
     ctx: &Context,
-    version: Option<String>,
+    own: &mut OwnWrites,
     host: Option<&str>,
-) -> Result<Option<String>> {
+) -> Result<bool> {
     let api: Api<Beskar7Machine> =
         Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {
-        "resourceVersion": version,
+    let mut meta = json!({
+        "resourceVersion": own.current_version(m),
         "annotations": {CLAIMING_ANNOTATION: host},
-    }});
+    });
+    if host.is_some() {
+        meta["finalizers"] = json!(shape::finalizers_with(m, FINALIZER, true));
+    }
     match api
         .patch(
             &m.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(&patch),
+            &Patch::Merge(&json!({ "metadata": meta })),
         )
         .await
     {
-        Ok(updated) => Ok(updated.resource_version()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Ok(updated) => {
+            own.record(&updated);
+            Ok(true)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -539,7 +618,7 @@ async fn delete(
             .replace(&host.name_any(), &PostParams::default(), &host)
             .await
         {
-            Ok(_) => {}
+            Ok(written) => ctx.note_host_version(&shape::key(&written), &written),
             // Changed meanwhile: the next pass reads it again.
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e.into()),

@@ -16,7 +16,7 @@ use tracing::warn;
 
 use crate::capi;
 use crate::conditions::{self, PAUSED, READY};
-use crate::context::Context;
+use crate::context::{AppliedStatus, Context};
 use crate::error::{Error, Result};
 
 /// `<namespace>/<name>`: the key of an object in logs, backoff and metrics.
@@ -26,12 +26,15 @@ pub fn key<K: ResourceExt>(o: &K) -> String {
 
 /// Server-side applies `status` when it differs from `before`. A 404 (the object was deleted
 /// meanwhile, e.g. after its finalizer went) is not an error: nothing is left to report on.
+/// `own_writes`: the resourceVersions this pass gave the object before its status (metadata or
+/// spec patches); a later pass on one of those copies is older than this status write.
 pub async fn apply_status<K, S>(
     ctx: &Context,
     obj: &K,
     field_manager: &str,
     before: &S,
     status: &S,
+    own_writes: &[String],
 ) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -48,11 +51,19 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    // A pass on the very copy an earlier pass already brought to this status (the cache has not
-    // delivered our write yet: another watch woke the object) has nothing to write.
+    // A pass on a copy older than an earlier pass's status write (the very copy it read, or one
+    // of its own writes before the status, whose watch events arrive first) that would write the
+    // same status again has nothing to write.
     let memo_key = applied_key(obj);
-    let written = (obj.resource_version().unwrap_or_default(), digest(&patch));
-    if ctx.applied_status.lock().unwrap().get(&memo_key) == Some(&written) {
+    let version = obj.resource_version().unwrap_or_default();
+    let digest = digest(&patch);
+    if ctx
+        .applied_status
+        .lock()
+        .unwrap()
+        .get(&memo_key)
+        .is_some_and(|a| a.digest == digest && a.older.contains(&version))
+    {
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
@@ -65,7 +76,13 @@ where
         .await
     {
         Ok(_) => {
-            ctx.applied_status.lock().unwrap().insert(memo_key, written);
+            let older = std::iter::once(version)
+                .chain(own_writes.iter().cloned())
+                .collect();
+            ctx.applied_status
+                .lock()
+                .unwrap()
+                .insert(memo_key, AppliedStatus { older, digest });
             Ok(())
         }
         // Gone: nothing to remember of it.
@@ -77,10 +94,24 @@ where
     }
 }
 
+/// A digest of a status patch without its conditions' `lastTransitionTime`s: a pass on an older
+/// copy sees a condition change again and stamps it with its own clock, and that alone is no
+/// reason to write (it would move the time of a transition already recorded).
 fn digest(v: &serde_json::Value) -> u64 {
     use std::hash::{Hash, Hasher};
+    fn without_transition_times(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .filter(|(k, _)| k.as_str() != "lastTransitionTime")
+                .map(|(k, v)| (k.clone(), without_transition_times(v)))
+                .collect(),
+            serde_json::Value::Array(a) => a.iter().map(without_transition_times).collect(),
+            other => other.clone(),
+        }
+    }
     let mut h = std::hash::DefaultHasher::new();
-    v.to_string().hash(&mut h);
+    without_transition_times(v).to_string().hash(&mut h);
     h.finish()
 }
 
@@ -137,8 +168,9 @@ pub fn paused(
 }
 
 /// Adds or removes `finalizer`, guarded by the object's resourceVersion so a concurrent change
-/// is not overwritten (a conflict is an error; the next pass reads again).
-pub async fn set_finalizer<K>(ctx: &Context, obj: &K, finalizer: &str, present: bool) -> Result<()>
+/// is not overwritten (a conflict is an error; the next pass reads again). Returns the object
+/// as written.
+pub async fn set_finalizer<K>(ctx: &Context, obj: &K, finalizer: &str, present: bool) -> Result<K>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -146,6 +178,22 @@ where
         + Debug,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {
+        "finalizers": finalizers_with(obj, finalizer, present),
+        "resourceVersion": obj.resource_version(),
+    }});
+    Ok(api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?)
+}
+
+/// The object's finalizers with `finalizer` present or not: the whole list a merge patch sends
+/// (it replaces lists).
+pub fn finalizers_with<K: ResourceExt>(obj: &K, finalizer: &str, present: bool) -> Vec<String> {
     let mut finalizers: Vec<String> = obj
         .finalizers()
         .iter()
@@ -155,15 +203,7 @@ where
     if present {
         finalizers.push(finalizer.to_string());
     }
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    finalizers
 }
 
 /// The error policy every controller registers: the backoff of [`Context::backoff`].
@@ -173,4 +213,34 @@ pub fn error_policy<K: ResourceExt>(
     ctx: std::sync::Arc<Context>,
 ) -> Action {
     Action::requeue(ctx.backoff(&key(&*obj), err.is_transient()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest;
+    use serde_json::json;
+
+    #[test]
+    fn status_digest_ignores_only_transition_times() {
+        let status = |time: &str, message: &str| {
+            json!({"status": {"phase": "Provisioning", "conditions": [
+                {"type": "Ready", "status": "False", "reason": "HostProvisioning",
+                 "message": message, "lastTransitionTime": time}]}})
+        };
+        let a = status("2026-12-04T05:00:00Z", "PhysicalHost h1 is provisioning");
+        assert_eq!(
+            digest(&a),
+            digest(&status(
+                "2026-12-04T05:00:07Z",
+                "PhysicalHost h1 is provisioning"
+            ))
+        );
+        assert_ne!(
+            digest(&a),
+            digest(&status(
+                "2026-12-04T05:00:00Z",
+                "PhysicalHost h1 is Provisioned"
+            ))
+        );
+    }
 }

@@ -41,7 +41,7 @@ pub async fn reconcile(t: Arc<Beskar7MachineTemplate>, ctx: Arc<Context>) -> Res
             (s, a)
         }
     };
-    shape::apply_status(&ctx, &*t, FIELD_MANAGER, &before, &status).await?;
+    shape::apply_status(&ctx, &*t, FIELD_MANAGER, &before, &status, &[]).await?;
     Ok(action)
 }
 

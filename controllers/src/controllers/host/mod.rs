@@ -66,7 +66,13 @@ pub async fn reconcile(host: Arc<PhysicalHost>, ctx: Arc<Context>) -> Result<Act
     // A pass writes the host twice or more (annotations, then status); the watch event of the
     // first can start the next pass while the cache still holds that middle version, which lacks
     // the status the pass wrote (the power request, the delivery). Planning from it would repeat
-    // a power-on, and the status apply would drop what it lacks: read the host afresh instead.
+    // a power-on, and the status apply would drop what it lacks. When the copy is one of our own
+    // superseded writes, the event of the newer one is still to come and its pass does the work
+    // (no API or BMC request for this one); any other copy we did not write last is read afresh.
+    ctx.note_host_copy(&k, host.as_ref());
+    if ctx.host_copy_superseded(&k, host.as_ref()) {
+        return Ok(Action::await_change());
+    }
     let host = if ctx.host_copy_may_be_stale(&k, host.as_ref()) {
         let api = Api::<PhysicalHost>::namespaced(
             ctx.client.clone(),
