@@ -13,6 +13,15 @@ pub mod types {
     pub const HOST_PROVISIONED: &str = "HostProvisioned";
     /// Beskar7Cluster: the control-plane endpoint is given.
     pub const CONTROL_PLANE_ENDPOINT_SET: &str = "ControlPlaneEndpointSet";
+    /// PhysicalHost: the last reboot request (`REBOOT_ANNOTATION`) completed.
+    pub const REBOOTED: &str = "Rebooted";
+    /// Beskar7Remediation: the host of the Machine rebooted (reason: how far it got).
+    pub const HOST_REBOOTED: &str = "HostRebooted";
+    /// Beskar7Remediation: the Machine recovered or is being replaced (reason: which).
+    pub const REMEDIATED: &str = "Remediated";
+    /// CAPI Machine, written by the remediation when it gives up: the Machine's owner (the
+    /// MachineSet, KubeadmControlPlane) then deletes and replaces it.
+    pub const OWNER_REMEDIATED: &str = "OwnerRemediated";
 }
 
 /// Condition reasons (besides those of errors, which come from the error kinds).
@@ -41,6 +50,18 @@ pub mod reason {
     // Beskar7MachineTemplate
     pub const HOSTS_AVAILABLE: &str = "HostsAvailable";
     pub const NO_HOST_AVAILABLE: &str = "NoHostAvailable";
+    // PhysicalHost reboots (besides the phases' own names)
+    pub const REBOOT_REFUSED: &str = "RebootRefused";
+    pub const REBOOT_COMPLETED: &str = "RebootCompleted";
+    // Beskar7Remediation
+    pub const MACHINE_NOT_FOUND: &str = "MachineNotFound";
+    pub const HOST_NOT_FOUND: &str = "HostNotFound";
+    pub const REBOOT_REQUESTED: &str = "RebootRequested";
+    pub const REBOOTING: &str = "Rebooting";
+    pub const WAITING_FOR_NODE: &str = "WaitingForNodeHealthy";
+    pub const RETRY_LIMIT_REACHED: &str = "RetryLimitReached";
+    /// `OwnerRemediated` on the CAPI Machine: CAPI's own reason, which the MachineSet acts on.
+    pub const WAITING_FOR_REMEDIATION: &str = "WaitingForRemediation";
 }
 
 /// `Beskar7Machine.status.phase`.

@@ -5,7 +5,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::{
-    Beskar7Cluster, Beskar7ClusterTemplate, Beskar7Machine, Beskar7MachineTemplate, PhysicalHost,
+    Beskar7Cluster, Beskar7ClusterTemplate, Beskar7Machine, Beskar7MachineTemplate,
+    Beskar7Remediation, Beskar7RemediationTemplate, PhysicalHost,
 };
 
 /// Every CRD of the provider, in a stable order.
@@ -15,6 +16,8 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Beskar7ClusterTemplate::crd(),
         Beskar7Machine::crd(),
         Beskar7MachineTemplate::crd(),
+        Beskar7Remediation::crd(),
+        Beskar7RemediationTemplate::crd(),
         PhysicalHost::crd(),
     ]
 }

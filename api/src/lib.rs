@@ -14,6 +14,7 @@ pub mod conditions;
 pub mod crds;
 pub mod machine;
 pub mod physical_host;
+pub mod remediation;
 
 pub use cluster::{
     ApiEndpoint, Beskar7Cluster, Beskar7ClusterSpec, Beskar7ClusterStatus, Beskar7ClusterTemplate,
@@ -30,8 +31,14 @@ pub use machine::{
 };
 pub use physical_host::{
     BmcDetails, ConfigDelivery, ConsumerRef, HardwareDetails, HostState, Nic, PhysicalHost,
-    PhysicalHostSpec, PhysicalHostStatus, PowerRequest, Provisioning, RedfishConnection,
-    VirtualMediaSlotInfo,
+    PhysicalHostSpec, PhysicalHostStatus, PowerRequest, Provisioning, RebootPhase, RebootStatus,
+    RedfishConnection, VirtualMediaSlotInfo,
+};
+pub use remediation::{
+    Beskar7Remediation, Beskar7RemediationSpec, Beskar7RemediationStatus,
+    Beskar7RemediationTemplate, Beskar7RemediationTemplateResource,
+    Beskar7RemediationTemplateSpec, RemediationPhase, RemediationStrategy,
+    RemediationStrategyType,
 };
 
 /// API group of every Beskar7 kind.
@@ -70,6 +77,13 @@ pub const CLAIMING_ANNOTATION: &str = "infrastructure.cluster.x-k8s.io/beskar7-c
 /// controller ejects the media and stops serving the bootstrap data. An annotation, so it
 /// travels with `clusterctl move` and a moved host does not serve it again.
 pub const NODE_JOINED_ANNOTATION: &str = "infrastructure.cluster.x-k8s.io/beskar7-node-joined";
+/// On a PhysicalHost, written by a person or by a Beskar7Remediation: reboot the provisioned
+/// server once. The value names the request (any text, e.g. a time); the host controller
+/// powers the server off (graceful, forced after `--reboot-graceful-timeout-seconds`) and on,
+/// records the request in `status.reboot`, and removes the annotation. A request already in
+/// `status.reboot` is never carried out again (a manager restart resumes it where the BMC is).
+/// Refused, and removed, while the host is not Provisioned.
+pub const REBOOT_ANNOTATION: &str = "infrastructure.cluster.x-k8s.io/beskar7-reboot";
 /// Provider label clusterctl uses to find a provider's components.
 pub const PROVIDER_LABEL: &str = "cluster.x-k8s.io/provider";
 /// Value of [`PROVIDER_LABEL`] for this provider.

@@ -265,6 +265,10 @@ pub struct PhysicalHostStatus {
     /// bootstrap data (join tokens, certificates) is no longer servable from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_withdrawn_at: Option<Time>,
+    /// The last reboot asked with the [`crate::REBOOT_ANNOTATION`]: which request, how far it
+    /// got. Kept after the annotation is removed, so the same request is never carried out twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<RebootStatus>,
     /// When the BMC was last read successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated: Option<Time>,
@@ -311,9 +315,63 @@ pub struct Nic {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PowerRequest {
-    /// `On` or `ForceOff`.
+    /// `On`, `GracefulOff` or `ForceOff`.
     pub action: String,
     pub requested_at: Time,
+}
+
+/// How far a requested reboot got. A reboot is a power off (graceful, forced once the graceful
+/// timeout passed) and a power on, each step seen on the BMC before the next, so a restarted
+/// manager resumes it from the BMC's power state instead of starting over.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RebootPhase {
+    /// A graceful shutdown was asked (ACPI power button: the OS shuts down cleanly).
+    ShuttingDown,
+    /// The OS did not power off within the graceful timeout: forced off.
+    ForcingOff,
+    /// Off: powering on.
+    PoweringOn,
+    /// Powered on again; the request annotation is removed.
+    Completed,
+    /// Not carried out: the host was not Provisioned. The annotation is removed.
+    Refused,
+}
+
+impl RebootPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ShuttingDown => "ShuttingDown",
+            Self::ForcingOff => "ForcingOff",
+            Self::PoweringOn => "PoweringOn",
+            Self::Completed => "Completed",
+            Self::Refused => "Refused",
+        }
+    }
+
+    /// The reboot ended, one way or the other.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Refused)
+    }
+}
+
+/// `status.reboot` of a PhysicalHost.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebootStatus {
+    /// The annotation's value: the identity of one request.
+    pub request: String,
+    pub phase: RebootPhase,
+    /// When the manager began carrying it out (or refused it).
+    pub started_at: Time,
+    /// When it completed or was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The graceful shutdown timed out and the server was forced off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+    /// Why it was refused, in words a person can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What the provider learnt about the BMC itself.

@@ -8,11 +8,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,
 };
 
-const KINDS: [(&str, &str); 5] = [
+const KINDS: [(&str, &str); 7] = [
     ("Beskar7Cluster", "beskar7clusters"),
     ("Beskar7ClusterTemplate", "beskar7clustertemplates"),
     ("Beskar7Machine", "beskar7machines"),
     ("Beskar7MachineTemplate", "beskar7machinetemplates"),
+    ("Beskar7Remediation", "beskar7remediations"),
+    ("Beskar7RemediationTemplate", "beskar7remediationtemplates"),
     ("PhysicalHost", "physicalhosts"),
 ];
 
@@ -87,7 +89,7 @@ fn kinds_with_status_have_the_status_subresource() {
             .is_some();
         assert_eq!(
             has_status,
-            kind != "Beskar7ClusterTemplate",
+            !matches!(kind, "Beskar7ClusterTemplate" | "Beskar7RemediationTemplate"),
             "{kind} status subresource"
         );
     }
@@ -127,6 +129,25 @@ fn physical_hosts_travel_with_clusterctl_move() {
 }
 
 #[test]
+fn remediation_templates_travel_with_clusterctl_move() {
+    // A MachineHealthCheck names its template without owning it; remediations are owned by
+    // their Machine and move with it.
+    let labels = crd("Beskar7RemediationTemplate")
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert!(labels.contains_key("clusterctl.cluster.x-k8s.io/move"));
+    let schema = schema("Beskar7RemediationTemplate");
+    let strategy = at(&schema, &["spec", "template", "spec", "strategy"]);
+    for field in ["type", "retryLimit", "timeout"] {
+        assert!(
+            strategy.properties.as_ref().unwrap().contains_key(field),
+            "{field}"
+        );
+    }
+}
+
+#[test]
 fn names_short_names_and_categories() {
     let ph = crd("PhysicalHost");
     assert_eq!(ph.spec.names.short_names, Some(vec!["ph".to_string()]));
@@ -136,6 +157,8 @@ fn names_short_names_and_categories() {
         "Beskar7ClusterTemplate",
         "Beskar7Machine",
         "Beskar7MachineTemplate",
+        "Beskar7Remediation",
+        "Beskar7RemediationTemplate",
     ] {
         let cats = crd(kind).spec.names.categories.unwrap_or_default();
         assert!(

@@ -32,6 +32,8 @@ pub struct Settings {
     pub power_grace: Duration,
     /// Requests in flight to one BMC at once.
     pub bmc_concurrency: usize,
+    /// How long a requested reboot waits for the OS to shut down before forcing the power off.
+    pub reboot_graceful_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             waiting_requeue: Duration::from_secs(15),
             power_grace: Duration::from_secs(120),
             bmc_concurrency: 4,
+            reboot_graceful_timeout: Duration::from_secs(180),
         }
     }
 }

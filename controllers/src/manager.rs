@@ -95,6 +95,10 @@ pub struct ManagerArgs {
     /// Seconds between re-reads of an idle host's power state and inventory.
     #[arg(long, default_value_t = 120)]
     pub host_refresh_seconds: u64,
+    /// Seconds a requested reboot (the PhysicalHost reboot annotation, a Beskar7Remediation)
+    /// waits for the OS to shut down gracefully before the power is forced off.
+    #[arg(long, default_value_t = 180)]
+    pub reboot_graceful_timeout_seconds: u64,
     #[command(flatten)]
     pub artifacts: ArtifactServerArgs,
 }
@@ -226,6 +230,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         settings: Settings {
             host_refresh: Duration::from_secs(args.host_refresh_seconds),
             bmc_concurrency: args.bmc_concurrency,
+            reboot_graceful_timeout: Duration::from_secs(args.reboot_graceful_timeout_seconds),
             ..Settings::default()
         },
         artifacts: store,

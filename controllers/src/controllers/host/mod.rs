@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use beskar7_api::{
     BOOT_ISSUED_ANNOTATION, ConfigDelivery, ConsumerRef, HostState, NODE_JOINED_ANNOTATION,
-    PROVISIONING_LOCK_ANNOTATION, PhysicalHost, PhysicalHostStatus,
+    PROVISIONING_LOCK_ANNOTATION, PhysicalHost, PhysicalHostStatus, REBOOT_ANNOTATION,
+    RebootPhase,
 };
 use beskar7_redfish as redfish;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,11 +28,13 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::shape;
-use crate::conditions::{self, BMC_CONNECTED, READY, VIRTUAL_MEDIA_READY, reason};
+use crate::conditions::{self, BMC_CONNECTED, READY, REBOOTED, VIRTUAL_MEDIA_READY, reason};
 use crate::context::{Context, bmc_target};
 use crate::error::{Error, Result};
 pub use media::{PROVIDER_ID_KERNEL_ARG, to_boot_os};
-use plan::{Claim, HostObservation, HostPlan, Power, PowerChange, Requeue, SlotState};
+use plan::{
+    Claim, HostObservation, HostPlan, Power, PowerChange, RebootObservation, Requeue, SlotState,
+};
 
 pub const FIELD_MANAGER: &str = "beskar7-physicalhost";
 use crate::conditions::reason::SECOND_MEDIA_REFUSED;
@@ -138,6 +141,10 @@ pub async fn reconcile(host: Arc<PhysicalHost>, ctx: Arc<Context>) -> Result<Act
             (state_after_error(before.state, &e), action)
         }
     };
+    if let Some(r) = &status.reboot {
+        let (ok, why, message) = plan::reboot_condition(r);
+        conditions::set(&mut status.conditions, REBOOTED, ok, why, message, generation);
+    }
     status.state = Some(state);
     write_status(&host, &ctx, &before, &status).await?;
     Ok(action)
@@ -326,6 +333,18 @@ async fn observe(
         && !registered;
     let joined = node_joined(host, claim.as_ref());
     let withdrawn = status.config_withdrawn_at.is_some();
+    let reboot = host.annotations().get(REBOOT_ANNOTATION).map(|request| {
+        let record = status.reboot.as_ref().filter(|r| &r.request == request);
+        RebootObservation {
+            request: request.clone(),
+            phase: record.map(|r| r.phase),
+            graceful_expired: record.is_some_and(|r| {
+                r.phase == RebootPhase::ShuttingDown
+                    && now.duration_since(r.started_at.0).unsigned_abs()
+                        >= ctx.settings.reboot_graceful_timeout
+            }),
+        }
+    });
     let mut slots = Vec::new();
     // A booted host's slots matter only while the withdrawal after its Node joined is due.
     let settled = booted && (withdrawn || !joined);
@@ -364,6 +383,7 @@ async fn observe(
         secure_boot_enforced,
         node_joined: joined,
         withdrawn,
+        reboot,
     })
 }
 
@@ -398,6 +418,28 @@ async fn write_status(
                 _ => format!("{from} -> {to}"),
             }),
             action: "StateChange".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder().publish(&event, &host.object_ref(&())).await {
+            warn!(error = %e, "publishing event");
+        }
+    }
+    let phase = |s: &PhysicalHostStatus| s.reboot.as_ref().map(|r| (r.request.clone(), r.phase));
+    if phase(before) != phase(&after)
+        && let Some(r) = &after.reboot
+    {
+        let (_, why, message) = plan::reboot_condition(r);
+        info!(host = %key(host), request = %r.request, phase = r.phase.as_str(), "reboot");
+        let warning = matches!(r.phase, RebootPhase::Refused | RebootPhase::ForcingOff);
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: why.to_string(),
+            note: Some(message),
+            action: "Reboot".into(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder().publish(&event, &host.object_ref(&())).await {

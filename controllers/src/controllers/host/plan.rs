@@ -6,7 +6,7 @@
 //! Provisioned -> Deprovisioning -> Available; Error from anywhere (set by the reconcile shell
 //! when observing or executing fails), left on the next pass that succeeds.
 
-use beskar7_api::{BootMode, HostState};
+use beskar7_api::{BootMode, HostState, RebootPhase};
 
 /// Power as the BMC reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +34,8 @@ impl Power {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerChange {
     On,
+    /// Graceful shutdown: the OS gets the ACPI power button (a requested reboot's first step).
+    GracefulOff,
     ForceOff,
 }
 
@@ -42,6 +44,7 @@ impl PowerChange {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::On => "On",
+            Self::GracefulOff => "GracefulOff",
             Self::ForceOff => "ForceOff",
         }
     }
@@ -49,6 +52,7 @@ impl PowerChange {
     pub fn from_persisted(s: &str) -> Option<Self> {
         match s {
             "On" => Some(Self::On),
+            "GracefulOff" => Some(Self::GracefulOff),
             "ForceOff" => Some(Self::ForceOff),
             _ => None,
         }
@@ -95,6 +99,17 @@ pub struct Media {
     pub needs_secure_boot_off: bool,
 }
 
+/// A reboot asked with the annotation ([`beskar7_api::REBOOT_ANNOTATION`]), as one pass sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RebootObservation {
+    /// The annotation's value: the request.
+    pub request: String,
+    /// How far `status.reboot` says this request got (None: not begun).
+    pub phase: Option<RebootPhase>,
+    /// The graceful shutdown was asked longer ago than the graceful timeout.
+    pub graceful_expired: bool,
+}
+
 /// Everything one pass observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostObservation {
@@ -118,6 +133,8 @@ pub struct HostObservation {
     pub node_joined: bool,
     /// The claim's media were already withdrawn (`status.configWithdrawnAt`).
     pub withdrawn: bool,
+    /// A reboot request on the host.
+    pub reboot: Option<RebootObservation>,
 }
 
 /// One thing to do, in order.
@@ -138,6 +155,14 @@ pub enum Step {
     RecordBootIssued(Option<String>),
     /// Note in status that the claim's media were withdrawn (its Node joined).
     RecordWithdrawn,
+    /// Note in `status.reboot` how far the request got (`message`: why it was refused).
+    RecordReboot {
+        request: String,
+        phase: RebootPhase,
+        message: Option<String>,
+    },
+    /// Remove the reboot annotation, if it still holds this request.
+    RemoveRebootAnnotation(String),
 }
 
 impl Step {
@@ -163,6 +188,7 @@ pub enum ReadyReason {
     ReleasingEarlierClaim,
     SecureBootEnabled,
     SecondMediaRefused,
+    Rebooting,
 }
 
 impl ReadyReason {
@@ -178,6 +204,7 @@ impl ReadyReason {
             Self::ReleasingEarlierClaim => "ReleasingEarlierClaim",
             Self::SecureBootEnabled => "SecureBootEnabled",
             Self::SecondMediaRefused => "SecondMediaRefused",
+            Self::Rebooting => "Rebooting",
         }
     }
 }
@@ -343,6 +370,15 @@ fn release(obs: &HostObservation, earlier_claim: bool) -> HostPlan {
 
 /// Decides the pass (see the module docs).
 pub fn plan(obs: &HostObservation) -> HostPlan {
+    let p = plan_claim(obs);
+    match &obs.reboot {
+        Some(r) => reboot(obs, r, p),
+        None => p,
+    }
+}
+
+/// The claim's part of the pass: enrol, boot, release.
+fn plan_claim(obs: &HostObservation) -> HostPlan {
     let Some(claim) = &obs.claim else {
         if holds_claim_leftovers(obs) {
             return release(obs, false);
@@ -358,6 +394,146 @@ pub fn plan(obs: &HostObservation) -> HostPlan {
         Some(b) if b != claim.key => release(obs, true),
         Some(_) => booted(obs),
         None => boot(obs, claim),
+    }
+}
+
+/// A requested reboot: power off (gracefully, forced once the graceful timeout passed), then on,
+/// each step seen on the BMC before the next. Only a Provisioned host (its claim's boot issued)
+/// is rebooted; otherwise the request is refused. Either way the annotation goes once the
+/// request is final, and a final request is never carried out again. `claim_plan` is what the
+/// pass does without the reboot.
+fn reboot(obs: &HostObservation, r: &RebootObservation, claim_plan: HostPlan) -> HostPlan {
+    let record = |phase, message: Option<String>| Step::RecordReboot {
+        request: r.request.clone(),
+        phase,
+        message,
+    };
+    let remove = Step::RemoveRebootAnnotation(r.request.clone());
+    let with_steps = |mut p: HostPlan, steps: Vec<Step>| {
+        p.steps.extend(steps);
+        p
+    };
+    if r.phase.is_some_and(RebootPhase::is_final) {
+        return with_steps(claim_plan, vec![remove]);
+    }
+    let booted = obs
+        .claim
+        .as_ref()
+        .is_some_and(|c| obs.boot_issued_for.as_deref() == Some(c.key.as_str()));
+    let provisioned = booted && (obs.state == Some(HostState::Provisioned) || r.phase.is_some());
+    if !provisioned {
+        let why = match (r.phase, booted) {
+            (Some(_), _) => "the host's claim was released during the reboot".to_string(),
+            (None, _) => format!(
+                "the host is {}, and only a Provisioned host is rebooted",
+                obs.state.unwrap_or_default()
+            ),
+        };
+        let message = format!("reboot {:?} refused: {why}; the annotation was removed", r.request);
+        return with_steps(
+            claim_plan,
+            vec![record(RebootPhase::Refused, Some(message)), remove],
+        );
+    }
+    let rebooting = |steps: Vec<Step>, message: String| {
+        HostPlan::new(
+            HostState::Provisioned,
+            false,
+            ReadyReason::Rebooting,
+            message,
+        )
+        .with(steps)
+    };
+    let power_on = || {
+        rebooting(
+            vec![
+                Step::Power(PowerChange::On),
+                record(RebootPhase::PoweringOn, None),
+            ],
+            format!("reboot {:?}: powered off, powering on", r.request),
+        )
+    };
+    match (r.phase, &obs.power) {
+        (None, Power::Off) => power_on(),
+        (None, _) => rebooting(
+            vec![
+                Step::Power(PowerChange::GracefulOff),
+                record(RebootPhase::ShuttingDown, None),
+            ],
+            format!("reboot {:?}: asking the OS to shut down", r.request),
+        ),
+        (Some(RebootPhase::ShuttingDown | RebootPhase::ForcingOff), Power::Off) => power_on(),
+        (Some(RebootPhase::ShuttingDown), _) if r.graceful_expired => rebooting(
+            vec![
+                Step::Power(PowerChange::ForceOff),
+                record(RebootPhase::ForcingOff, None),
+            ],
+            format!(
+                "reboot {:?}: the OS did not shut down in time; forcing the power off",
+                r.request
+            ),
+        ),
+        (Some(RebootPhase::ShuttingDown), p) => rebooting(
+            Vec::new(),
+            format!(
+                "reboot {:?}: waiting for the OS to shut down (power {p:?})",
+                r.request
+            ),
+        ),
+        (Some(RebootPhase::ForcingOff), p) => rebooting(
+            (obs.pending_power != Some(PowerChange::ForceOff))
+                .then_some(Step::Power(PowerChange::ForceOff))
+                .into_iter()
+                .collect(),
+            format!("reboot {:?}: forcing the power off (power {p:?})", r.request),
+        ),
+        (Some(RebootPhase::PoweringOn), Power::On) => with_steps(
+            claim_plan,
+            vec![record(RebootPhase::Completed, None), remove],
+        ),
+        (Some(RebootPhase::PoweringOn), p) => rebooting(
+            (*p == Power::Off && obs.pending_power != Some(PowerChange::On))
+                .then_some(Step::Power(PowerChange::On))
+                .into_iter()
+                .collect(),
+            format!("reboot {:?}: powering on (power {p:?})", r.request),
+        ),
+        // Returned above already; kept so the match needs no panic.
+        (Some(RebootPhase::Completed | RebootPhase::Refused), _) => {
+            with_steps(claim_plan, vec![remove])
+        }
+    }
+}
+
+/// The `Rebooted` condition for `status.reboot`: (status, reason, message).
+pub fn reboot_condition(r: &beskar7_api::RebootStatus) -> (bool, &'static str, String) {
+    use beskar7_api::conditions::reason;
+    match r.phase {
+        RebootPhase::Completed => (
+            true,
+            reason::REBOOT_COMPLETED,
+            format!(
+                "reboot {:?} completed{}",
+                r.request,
+                if r.forced {
+                    " (forced off: the OS did not shut down within the graceful timeout)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        RebootPhase::Refused => (
+            false,
+            reason::REBOOT_REFUSED,
+            r.message
+                .clone()
+                .unwrap_or_else(|| format!("reboot {:?} refused", r.request)),
+        ),
+        phase => (
+            false,
+            phase.as_str(),
+            format!("reboot {:?} in progress: {}", r.request, phase.as_str()),
+        ),
     }
 }
 
@@ -574,6 +750,7 @@ mod tests {
             secure_boot_enforced: None,
             node_joined: false,
             withdrawn: false,
+            reboot: None,
         }
     }
 
@@ -609,18 +786,21 @@ mod tests {
                         for lock in LOCKS {
                             for inserted in [false, true] {
                                 for registered in [false, true] {
-                                    let o = obs_registered(
-                                        claimed,
-                                        issued,
-                                        power.clone(),
-                                        state,
-                                        lock,
-                                        inserted,
-                                        registered,
-                                    );
-                                    let p = plan(&o);
-                                    check_invariants(&o, &p);
-                                    rows += 1;
+                                    for reboot in reboots() {
+                                        let mut o = obs_registered(
+                                            claimed,
+                                            issued,
+                                            power.clone(),
+                                            state,
+                                            lock,
+                                            inserted,
+                                            registered,
+                                        );
+                                        o.reboot = reboot;
+                                        let p = plan(&o);
+                                        check_invariants(&o, &p);
+                                        rows += 1;
+                                    }
                                 }
                             }
                         }
@@ -628,7 +808,232 @@ mod tests {
                 }
             }
         }
-        assert_eq!(rows, 2 * 3 * 4 * 8 * 4 * 2 * 2);
+        assert_eq!(rows, 2 * 3 * 4 * 8 * 4 * 2 * 2 * 8);
+    }
+
+    /// No request, a new one, and one in each phase (the graceful timeout passed or not).
+    fn reboots() -> Vec<Option<RebootObservation>> {
+        let r = |phase, graceful_expired| {
+            Some(RebootObservation {
+                request: "r1".into(),
+                phase,
+                graceful_expired,
+            })
+        };
+        vec![
+            None,
+            r(None, false),
+            r(Some(RebootPhase::ShuttingDown), false),
+            r(Some(RebootPhase::ShuttingDown), true),
+            r(Some(RebootPhase::ForcingOff), false),
+            r(Some(RebootPhase::PoweringOn), false),
+            r(Some(RebootPhase::Completed), false),
+            r(Some(RebootPhase::Refused), false),
+        ]
+    }
+
+    fn check_reboot_invariants(o: &HostObservation, p: &HostPlan, ctx: &str) {
+        let powers_off = p.steps.iter().any(|s| {
+            matches!(
+                s,
+                Step::Power(PowerChange::ForceOff | PowerChange::GracefulOff)
+            )
+        });
+        let booted = o.claim.is_some() && o.boot_issued_for.as_deref() == Some(CLAIM);
+        let recorded = |phase: RebootPhase| {
+            p.steps
+                .iter()
+                .position(|s| matches!(s, Step::RecordReboot { phase: f, .. } if *f == phase))
+        };
+        let removed = p
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::RemoveRebootAnnotation(_)));
+        let Some(r) = &o.reboot else {
+            assert!(
+                recorded(RebootPhase::Completed).is_none() && removed.is_none(),
+                "{ctx}"
+            );
+            return;
+        };
+        // A final request is never carried out again: the pass is the claim's, plus the cleanup.
+        if r.phase.is_some_and(RebootPhase::is_final) {
+            let mut without = o.clone();
+            without.reboot = None;
+            let mut expected = plan(&without);
+            expected
+                .steps
+                .push(Step::RemoveRebootAnnotation(r.request.clone()));
+            assert_eq!(p, &expected, "{ctx}");
+            return;
+        }
+        // Only a Provisioned host is rebooted; any other is refused, never power-cycled for it.
+        let allowed = booted && (o.state == Some(HostState::Provisioned) || r.phase.is_some());
+        if !allowed {
+            assert!(recorded(RebootPhase::Refused).is_some(), "{ctx}");
+            assert!(
+                !p.steps
+                    .iter()
+                    .any(|s| matches!(s, Step::Power(PowerChange::GracefulOff))),
+                "{ctx}"
+            );
+        } else {
+            assert_eq!(p.state, HostState::Provisioned, "{ctx}");
+            // The graceful shutdown is asked once, for a new request of a powered host.
+            let graceful = p
+                .steps
+                .contains(&Step::Power(PowerChange::GracefulOff));
+            assert_eq!(
+                graceful,
+                r.phase.is_none() && o.power != Power::Off,
+                "{ctx}"
+            );
+            // Forced off only after the graceful timeout (or resuming a forced off).
+            if p.steps.contains(&Step::Power(PowerChange::ForceOff)) {
+                assert!(
+                    r.graceful_expired || r.phase == Some(RebootPhase::ForcingOff),
+                    "{ctx}"
+                );
+            }
+            // Powered on only once off, and the power-on recorded after it was asked.
+            if p.steps.contains(&Step::Power(PowerChange::On)) {
+                assert!(
+                    o.power == Power::Off && !powers_off,
+                    "on while not off: {ctx}"
+                );
+            }
+            // Completed only once on again after the power-on phase.
+            if recorded(RebootPhase::Completed).is_some() {
+                assert!(
+                    r.phase == Some(RebootPhase::PoweringOn) && o.power == Power::On,
+                    "{ctx}"
+                );
+            }
+        }
+        // The annotation goes only after the request's final record.
+        if let Some(removed) = removed {
+            let final_record = recorded(RebootPhase::Completed).or(recorded(RebootPhase::Refused));
+            assert!(final_record.is_some_and(|f| f < removed), "{ctx}");
+        }
+    }
+
+    fn reboot_obs(phase: Option<RebootPhase>, power: Power, expired: bool) -> HostObservation {
+        let mut o = obs(
+            true,
+            Issued::This,
+            power,
+            Some(HostState::Provisioned),
+            Lock::Free,
+            false,
+        );
+        o.reboot = Some(RebootObservation {
+            request: "r1".into(),
+            phase,
+            graceful_expired: expired,
+        });
+        o
+    }
+
+    fn recorded_phase(p: &HostPlan) -> Option<RebootPhase> {
+        p.steps.iter().find_map(|s| match s {
+            Step::RecordReboot { phase, .. } => Some(*phase),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_reboot_walks_graceful_forced_on_completed() {
+        // Asked: graceful shutdown first, recorded after it was sent.
+        let p = plan(&reboot_obs(None, Power::On, false));
+        assert_eq!(
+            p.steps[0],
+            Step::Power(PowerChange::GracefulOff),
+            "{p:?}"
+        );
+        assert_eq!(recorded_phase(&p), Some(RebootPhase::ShuttingDown));
+        assert_eq!((p.ready, p.reason), (false, ReadyReason::Rebooting));
+        // The OS takes its time: nothing is asked again before the timeout.
+        let p = plan(&reboot_obs(Some(RebootPhase::ShuttingDown), Power::On, false));
+        assert!(p.steps.is_empty(), "{p:?}");
+        // It did not shut down in time: forced.
+        let p = plan(&reboot_obs(Some(RebootPhase::ShuttingDown), Power::On, true));
+        assert_eq!(p.steps[0], Step::Power(PowerChange::ForceOff));
+        assert_eq!(recorded_phase(&p), Some(RebootPhase::ForcingOff));
+        // Off: on again.
+        let p = plan(&reboot_obs(Some(RebootPhase::ForcingOff), Power::Off, false));
+        assert_eq!(p.steps[0], Step::Power(PowerChange::On));
+        assert_eq!(recorded_phase(&p), Some(RebootPhase::PoweringOn));
+        // On: completed, the annotation removed, the host Ready again.
+        let p = plan(&reboot_obs(Some(RebootPhase::PoweringOn), Power::On, false));
+        assert_eq!(recorded_phase(&p), Some(RebootPhase::Completed));
+        assert_eq!(
+            p.steps.last(),
+            Some(&Step::RemoveRebootAnnotation("r1".into()))
+        );
+        assert_eq!(
+            (p.state, p.ready, p.reason),
+            (HostState::Provisioned, true, ReadyReason::Provisioned)
+        );
+    }
+
+    #[test]
+    fn a_resumed_reboot_continues_from_the_power_state() {
+        // A restart after the graceful shutdown: the server is off, so it is powered on, not
+        // shut down a second time.
+        let p = plan(&reboot_obs(Some(RebootPhase::ShuttingDown), Power::Off, false));
+        assert_eq!(p.steps[0], Step::Power(PowerChange::On));
+        // A restart after the power-on: nothing is asked again while the BMC carries it out.
+        let mut o = reboot_obs(Some(RebootPhase::PoweringOn), Power::Off, false);
+        o.pending_power = Some(PowerChange::On);
+        assert!(plan(&o).steps.is_empty());
+        // A request that completed is never carried out again, however the server is now.
+        for power in powers() {
+            let p = plan(&reboot_obs(Some(RebootPhase::Completed), power, false));
+            assert!(
+                !p.steps
+                    .iter()
+                    .any(|s| matches!(s, Step::Power(PowerChange::GracefulOff | PowerChange::ForceOff))),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reboot_of_a_host_that_is_not_provisioned_is_refused_and_removed() {
+        let mut o = obs(
+            true,
+            Issued::None,
+            Power::Off,
+            Some(HostState::Claimed),
+            Lock::Free,
+            false,
+        );
+        o.reboot = Some(RebootObservation {
+            request: "r1".into(),
+            phase: None,
+            graceful_expired: false,
+        });
+        let p = plan(&o);
+        let message = p.steps.iter().find_map(|s| match s {
+            Step::RecordReboot {
+                phase: RebootPhase::Refused,
+                message,
+                ..
+            } => message.clone(),
+            _ => None,
+        });
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("Claimed") && m.contains("only a Provisioned host")),
+            "{p:?}"
+        );
+        assert_eq!(
+            p.steps.last(),
+            Some(&Step::RemoveRebootAnnotation("r1".into()))
+        );
+        // The boot goes on as it would have.
+        assert!(p.steps.contains(&Step::BootOnce(BootMode::Uefi)), "{p:?}");
     }
 
     fn check_invariants(o: &HostObservation, p: &HostPlan) {
@@ -650,16 +1055,22 @@ mod tests {
             );
             assert!(o.claim.is_some(), "power-on without a claim: {ctx}");
         }
-        // A boot already issued for this claim is never issued again, nor power-cycled.
+        // A boot already issued for this claim is never issued again, nor power-cycled unless a
+        // reboot was asked.
+        let rebooting = o
+            .reboot
+            .as_ref()
+            .is_some_and(|r| !r.phase.is_some_and(RebootPhase::is_final));
         if o.claim.is_some() && o.boot_issued_for.as_deref() == Some(CLAIM) {
             assert!(
                 !p.steps.iter().any(|s| matches!(
                     s,
-                    Step::BootOnce(_)
-                        | Step::Insert { .. }
-                        | Step::Eject(_)
-                        | Step::Power(PowerChange::ForceOff)
-                )),
+                    Step::BootOnce(_) | Step::Insert { .. } | Step::Eject(_)
+                ) || (!rebooting
+                    && matches!(
+                        s,
+                        Step::Power(PowerChange::ForceOff | PowerChange::GracefulOff)
+                    ))),
                 "{ctx}"
             );
         }
@@ -673,9 +1084,17 @@ mod tests {
         }
         // Never another manager's boot sequence.
         if o.lock == Lock::OtherLive && o.claim.is_some() && o.boot_issued_for.is_none() {
-            assert!(p.steps.is_empty(), "{ctx}");
+            // (A reboot request is refused meanwhile: that touches only the host object.)
+            assert!(
+                p.steps.iter().all(|s| matches!(
+                    s,
+                    Step::RecordReboot { .. } | Step::RemoveRebootAnnotation(_)
+                )),
+                "{ctx}"
+            );
         }
         check_release_invariants(o, p, &ctx);
+        check_reboot_invariants(o, p, &ctx);
     }
 
     fn check_release_invariants(o: &HostObservation, p: &HostPlan, ctx: &str) {
@@ -720,10 +1139,11 @@ mod tests {
                 "{ctx}"
             );
         }
-        // Ready only when Available or Provisioned.
+        // Ready only when Available or Provisioned (and not rebooting).
         assert_eq!(
             p.ready,
-            matches!(p.state, HostState::Available | HostState::Provisioned),
+            matches!(p.state, HostState::Available | HostState::Provisioned)
+                && p.reason != ReadyReason::Rebooting,
             "{ctx}"
         );
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use beskar7_api::{
     BOOT_ISSUED_ANNOTATION, ConfigDelivery, NODE_JOINED_ANNOTATION, PROVISIONING_LOCK_ANNOTATION,
-    PhysicalHost, PhysicalHostStatus, PowerRequest,
+    PhysicalHost, PhysicalHostStatus, PowerRequest, REBOOT_ANNOTATION, RebootPhase, RebootStatus,
 };
 use beskar7_redfish as redfish;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -105,6 +105,14 @@ impl Executor<'_> {
                     };
                     self.bmc.set_boot_once_cd(self.d, Some(mode)).await?;
                 }
+                Step::RecordReboot {
+                    request,
+                    phase,
+                    message,
+                } => record_reboot(status, request, *phase, message.clone()),
+                Step::RemoveRebootAnnotation(request) => {
+                    remove_reboot_annotation(self.host, self.ctx, request).await?;
+                }
                 Step::RecordWithdrawn => {
                     status.config_withdrawn_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
                 }
@@ -122,6 +130,7 @@ impl Executor<'_> {
     async fn power(&self, change: PowerChange, status: &mut PhysicalHostStatus) -> Result<()> {
         let action = match change {
             PowerChange::On => redfish::PowerAction::On,
+            PowerChange::GracefulOff => redfish::PowerAction::GracefulOff,
             PowerChange::ForceOff => redfish::PowerAction::ForceOff,
         };
         self.bmc.set_power(self.d, action).await?;
@@ -166,6 +175,62 @@ impl Executor<'_> {
             warn!(error = %e, "publishing event");
         }
         Ok(plan::second_media_refused(obs))
+    }
+}
+
+/// Notes how far a reboot request got in `status.reboot` (written with the status at the end of
+/// the pass, after the power change it follows was accepted by the BMC).
+fn record_reboot(
+    status: &mut PhysicalHostStatus,
+    request: &str,
+    phase: RebootPhase,
+    message: Option<String>,
+) {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let r = match status.reboot.as_mut().filter(|r| r.request == request) {
+        Some(r) => r,
+        None => status.reboot.insert(RebootStatus {
+            request: request.to_string(),
+            phase,
+            started_at: now.clone(),
+            finished_at: None,
+            forced: false,
+            message: None,
+        }),
+    };
+    r.phase = phase;
+    r.forced |= phase == RebootPhase::ForcingOff;
+    if phase.is_final() {
+        r.finished_at = Some(now);
+    }
+    r.message = message;
+}
+
+/// Removes the reboot annotation while it still holds `request`: the patch carries the
+/// resourceVersion of the copy that showed it, so a new request written meanwhile stays (the
+/// conflict leaves the removal to the next pass, which sees that request).
+async fn remove_reboot_annotation(host: &PhysicalHost, ctx: &Context, request: &str) -> Result<()> {
+    if host.annotations().get(REBOOT_ANNOTATION).map(String::as_str) != Some(request) {
+        return Ok(());
+    }
+    let patch = json!({"metadata": {
+        "resourceVersion": host.resource_version(),
+        "annotations": {REBOOT_ANNOTATION: null},
+    }});
+    match Api::<PhysicalHost>::namespaced(ctx.client.clone(), &host.namespace().unwrap_or_default())
+        .patch(
+            &host.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(written) => {
+            ctx.note_host_version(&key(host), &written);
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
