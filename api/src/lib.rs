@@ -36,9 +36,8 @@ pub use physical_host::{
 };
 pub use remediation::{
     Beskar7Remediation, Beskar7RemediationSpec, Beskar7RemediationStatus,
-    Beskar7RemediationTemplate, Beskar7RemediationTemplateResource,
-    Beskar7RemediationTemplateSpec, RemediationPhase, RemediationStrategy,
-    RemediationStrategyType,
+    Beskar7RemediationTemplate, Beskar7RemediationTemplateResource, Beskar7RemediationTemplateSpec,
+    RemediationPhase, RemediationStrategy, RemediationStrategyType,
 };
 
 /// API group of every Beskar7 kind.

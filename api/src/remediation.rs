@@ -30,22 +30,14 @@ use crate::common::{Condition, ObjectMetaTemplate, conditions_schema};
     category = "beskar7",
     doc = "Beskar7Remediation reboots the host of an unhealthy Machine, as a MachineHealthCheck asked.",
     label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
-    printcolumn(
-        name = "Phase",
-        type_ = "string",
-        json_path = ".status.phase"
-    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Retries",
         type_ = "integer",
         json_path = ".status.retryCount",
         description = "Reboots asked so far"
     ),
-    printcolumn(
-        name = "Host",
-        type_ = "string",
-        json_path = ".status.hostRef.name"
-    ),
+    printcolumn(name = "Host", type_ = "string", json_path = ".status.hostRef.name"),
     printcolumn(
         name = "Age",
         type_ = "date",

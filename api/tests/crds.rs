@@ -89,7 +89,10 @@ fn kinds_with_status_have_the_status_subresource() {
             .is_some();
         assert_eq!(
             has_status,
-            !matches!(kind, "Beskar7ClusterTemplate" | "Beskar7RemediationTemplate"),
+            !matches!(
+                kind,
+                "Beskar7ClusterTemplate" | "Beskar7RemediationTemplate"
+            ),
             "{kind} status subresource"
         );
     }

@@ -12,7 +12,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use beskar7_api::common::failure_domain_of;
-use beskar7_api::{Beskar7Cluster, Beskar7Machine, Beskar7MachineTemplate, PhysicalHost};
+use beskar7_api::{
+    Beskar7Cluster, Beskar7Machine, Beskar7MachineTemplate, Beskar7Remediation, PhysicalHost,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject};
@@ -27,7 +29,7 @@ use tracing::{error, info};
 use crate::artifacts::{ArtifactServerArgs, ArtifactStore};
 use crate::capi;
 use crate::context::{BmcPool, Context, Settings};
-use crate::controllers::{cluster, host, machine, shape, template};
+use crate::controllers::{cluster, host, machine, remediation, shape, template};
 use crate::error::Error;
 use crate::leader;
 use crate::metrics::Metrics;
@@ -282,7 +284,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     // One watch of the hosts feeds every controller, so each reads the host cache at least as
     // new as the event that woke it.
     let (host_store, mut host_events) =
-        host_fan_out(namespaced::<PhysicalHost>(&client, &ns), filtered(), 4);
+        host_fan_out(namespaced::<PhysicalHost>(&client, &ns), filtered(), 5);
     let _ = probes.hosts.set(host_store.clone());
     let host_ctrl = Controller::for_stream(
         host_events
@@ -440,7 +442,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         namespaced::<Beskar7MachineTemplate>(&client, &ns),
         filtered(),
     )
-    .with_config(config);
+    .with_config(config.clone());
     let template_store = template_ctrl.store();
     let templates = template_store.clone();
     let template_ctrl = template_ctrl
@@ -471,12 +473,52 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             ctx.clone(),
         );
 
+    // Beskar7Remediation: woken by the host it reboots (status.hostRef).
+    let remediation_ctrl =
+        Controller::new(namespaced::<Beskar7Remediation>(&client, &ns), filtered())
+            .with_config(config);
+    let remediation_store = remediation_ctrl.store();
+    let remediations = remediation_store.clone();
+    let remediation_ctrl = remediation_ctrl
+        .watches_stream(
+            host_events
+                .pop()
+                .expect("one stream per controller")
+                .touched_objects(),
+            move |h: PhysicalHost| {
+                let (ns, name) = (h.namespace(), h.name_any());
+                remediations
+                    .state()
+                    .into_iter()
+                    .filter(|r| {
+                        r.status
+                            .as_ref()
+                            .and_then(|s| s.host_ref.as_ref())
+                            .is_some_and(|hr| {
+                                hr.name == name
+                                    && hr.namespace.as_ref().or(r.namespace().as_ref())
+                                        == ns.as_ref()
+                            })
+                    })
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .trigger_backoff(WatchBackoff::default())
+        .graceful_shutdown_on(shutdown.clone().wait())
+        .run(
+            timed(remediation::reconcile, "beskar7remediation"),
+            shape::error_policy,
+            ctx.clone(),
+        );
+
     {
-        let (hosts, machines, clusters, templates) = (
+        let (hosts, machines, clusters, templates, remediations) = (
             host_store.clone(),
             machine_store_ready,
             cluster_store,
             template_store,
+            remediation_store,
         );
         let capi_caches: Vec<_> = [
             ("Machine", &ctx.capi_machines),
@@ -495,6 +537,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                 (
                     "Beskar7MachineTemplate",
                     cache_synced(&templates, None).await,
+                ),
+                (
+                    "Beskar7Remediation",
+                    cache_synced(&remediations, None).await,
                 ),
             ];
             for (kind, c) in &capi_caches {
@@ -521,6 +567,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         drain(machine_ctrl.map(|_| ()).boxed()),
         drain(cluster_ctrl.map(|_| ()).boxed()),
         drain(template_ctrl.map(|_| ()).boxed()),
+        drain(remediation_ctrl.map(|_| ()).boxed()),
     ]);
     let lost = async {
         match &lease {

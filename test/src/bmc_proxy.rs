@@ -106,6 +106,9 @@ pub enum Fault {
     Unauthorized,
     /// 503 with `Retry-After: <seconds>`.
     RetryAfter(u64),
+    /// 204 without forwarding: the BMC takes the request and nothing comes of it, as a
+    /// `GracefulShutdown` does when the OS ignores the ACPI power button (hung, or set so).
+    Ignored,
 }
 
 impl Fault {
@@ -116,6 +119,7 @@ impl Fault {
             Fault::Stall(_) => "stall".into(),
             Fault::Unauthorized => "401".into(),
             Fault::RetryAfter(_) => "retry-after".into(),
+            Fault::Ignored => "ignored".into(),
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct FaultRule {
     pub method: Option<String>,
     /// Only requests whose path contains this (any when `None`).
     pub path_contains: Option<String>,
+    /// Only requests whose body contains this (any when `None`), e.g. `"GracefulShutdown"`.
+    pub body_contains: Option<String>,
 }
 
 impl FaultRule {
@@ -140,6 +146,7 @@ impl FaultRule {
             remaining: None,
             method: None,
             path_contains: None,
+            body_contains: None,
         }
     }
 
@@ -161,13 +168,22 @@ impl FaultRule {
         self
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    pub fn body_contains(mut self, s: &str) -> Self {
+        self.body_contains = Some(s.to_string());
+        self
+    }
+
+    fn matches(&self, method: &str, path: &str, body: &[u8]) -> bool {
         self.remaining != Some(0)
             && self.method.as_deref().is_none_or(|m| m == method)
             && self
                 .path_contains
                 .as_deref()
                 .is_none_or(|p| path.contains(p))
+            && self
+                .body_contains
+                .as_deref()
+                .is_none_or(|b| String::from_utf8_lossy(body).contains(b))
     }
 }
 
@@ -458,9 +474,9 @@ impl Inner {
         }
     }
 
-    fn take_fault(&self, method: &str, path: &str) -> Option<Fault> {
+    fn take_fault(&self, method: &str, path: &str, body: &[u8]) -> Option<Fault> {
         let mut faults = self.faults.lock().unwrap();
-        let rule = faults.iter_mut().find(|r| r.matches(method, path))?;
+        let rule = faults.iter_mut().find(|r| r.matches(method, path, body))?;
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;
         }
@@ -494,7 +510,14 @@ async fn handle(
     let seq = inner.record(&method, &path, json_body);
     let mut stalled = None;
 
-    match inner.take_fault(&method, &path) {
+    match inner.take_fault(&method, &path, &body) {
+        Some(Fault::Ignored) => {
+            inner.finish(seq, Some(204), Some(Fault::Ignored.label()));
+            return Response::builder()
+                .status(204)
+                .body(Full::new(Bytes::new()))
+                .expect("valid response");
+        }
         Some(Fault::Status(s)) => {
             inner.finish(seq, Some(s), Some(Fault::Status(s).label()));
             return redfish_error(

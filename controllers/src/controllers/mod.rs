@@ -3,5 +3,6 @@
 pub mod cluster;
 pub mod host;
 pub mod machine;
+pub mod remediation;
 pub mod shape;
 pub mod template;

@@ -15,8 +15,7 @@ use std::sync::Arc;
 
 use beskar7_api::{
     BOOT_ISSUED_ANNOTATION, ConfigDelivery, ConsumerRef, HostState, NODE_JOINED_ANNOTATION,
-    PROVISIONING_LOCK_ANNOTATION, PhysicalHost, PhysicalHostStatus, REBOOT_ANNOTATION,
-    RebootPhase,
+    PROVISIONING_LOCK_ANNOTATION, PhysicalHost, PhysicalHostStatus, REBOOT_ANNOTATION, RebootPhase,
 };
 use beskar7_redfish as redfish;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -143,7 +142,14 @@ pub async fn reconcile(host: Arc<PhysicalHost>, ctx: Arc<Context>) -> Result<Act
     };
     if let Some(r) = &status.reboot {
         let (ok, why, message) = plan::reboot_condition(r);
-        conditions::set(&mut status.conditions, REBOOTED, ok, why, message, generation);
+        conditions::set(
+            &mut status.conditions,
+            REBOOTED,
+            ok,
+            why,
+            message,
+            generation,
+        );
     }
     status.state = Some(state);
     write_status(&host, &ctx, &before, &status).await?;

@@ -429,7 +429,10 @@ fn reboot(obs: &HostObservation, r: &RebootObservation, claim_plan: HostPlan) ->
                 obs.state.unwrap_or_default()
             ),
         };
-        let message = format!("reboot {:?} refused: {why}; the annotation was removed", r.request);
+        let message = format!(
+            "reboot {:?} refused: {why}; the annotation was removed",
+            r.request
+        );
         return with_steps(
             claim_plan,
             vec![record(RebootPhase::Refused, Some(message)), remove],
@@ -485,7 +488,10 @@ fn reboot(obs: &HostObservation, r: &RebootObservation, claim_plan: HostPlan) ->
                 .then_some(Step::Power(PowerChange::ForceOff))
                 .into_iter()
                 .collect(),
-            format!("reboot {:?}: forcing the power off (power {p:?})", r.request),
+            format!(
+                "reboot {:?}: forcing the power off (power {p:?})",
+                r.request
+            ),
         ),
         (Some(RebootPhase::PoweringOn), Power::On) => with_steps(
             claim_plan,
@@ -880,9 +886,7 @@ mod tests {
         } else {
             assert_eq!(p.state, HostState::Provisioned, "{ctx}");
             // The graceful shutdown is asked once, for a new request of a powered host.
-            let graceful = p
-                .steps
-                .contains(&Step::Power(PowerChange::GracefulOff));
+            let graceful = p.steps.contains(&Step::Power(PowerChange::GracefulOff));
             assert_eq!(
                 graceful,
                 r.phase.is_none() && o.power != Power::Off,
@@ -945,22 +949,30 @@ mod tests {
     fn a_reboot_walks_graceful_forced_on_completed() {
         // Asked: graceful shutdown first, recorded after it was sent.
         let p = plan(&reboot_obs(None, Power::On, false));
-        assert_eq!(
-            p.steps[0],
-            Step::Power(PowerChange::GracefulOff),
-            "{p:?}"
-        );
+        assert_eq!(p.steps[0], Step::Power(PowerChange::GracefulOff), "{p:?}");
         assert_eq!(recorded_phase(&p), Some(RebootPhase::ShuttingDown));
         assert_eq!((p.ready, p.reason), (false, ReadyReason::Rebooting));
         // The OS takes its time: nothing is asked again before the timeout.
-        let p = plan(&reboot_obs(Some(RebootPhase::ShuttingDown), Power::On, false));
+        let p = plan(&reboot_obs(
+            Some(RebootPhase::ShuttingDown),
+            Power::On,
+            false,
+        ));
         assert!(p.steps.is_empty(), "{p:?}");
         // It did not shut down in time: forced.
-        let p = plan(&reboot_obs(Some(RebootPhase::ShuttingDown), Power::On, true));
+        let p = plan(&reboot_obs(
+            Some(RebootPhase::ShuttingDown),
+            Power::On,
+            true,
+        ));
         assert_eq!(p.steps[0], Step::Power(PowerChange::ForceOff));
         assert_eq!(recorded_phase(&p), Some(RebootPhase::ForcingOff));
         // Off: on again.
-        let p = plan(&reboot_obs(Some(RebootPhase::ForcingOff), Power::Off, false));
+        let p = plan(&reboot_obs(
+            Some(RebootPhase::ForcingOff),
+            Power::Off,
+            false,
+        ));
         assert_eq!(p.steps[0], Step::Power(PowerChange::On));
         assert_eq!(recorded_phase(&p), Some(RebootPhase::PoweringOn));
         // On: completed, the annotation removed, the host Ready again.
@@ -980,7 +992,11 @@ mod tests {
     fn a_resumed_reboot_continues_from_the_power_state() {
         // A restart after the graceful shutdown: the server is off, so it is powered on, not
         // shut down a second time.
-        let p = plan(&reboot_obs(Some(RebootPhase::ShuttingDown), Power::Off, false));
+        let p = plan(&reboot_obs(
+            Some(RebootPhase::ShuttingDown),
+            Power::Off,
+            false,
+        ));
         assert_eq!(p.steps[0], Step::Power(PowerChange::On));
         // A restart after the power-on: nothing is asked again while the BMC carries it out.
         let mut o = reboot_obs(Some(RebootPhase::PoweringOn), Power::Off, false);
@@ -990,9 +1006,10 @@ mod tests {
         for power in powers() {
             let p = plan(&reboot_obs(Some(RebootPhase::Completed), power, false));
             assert!(
-                !p.steps
-                    .iter()
-                    .any(|s| matches!(s, Step::Power(PowerChange::GracefulOff | PowerChange::ForceOff))),
+                !p.steps.iter().any(|s| matches!(
+                    s,
+                    Step::Power(PowerChange::GracefulOff | PowerChange::ForceOff)
+                )),
                 "{p:?}"
             );
         }

@@ -210,7 +210,12 @@ fn record_reboot(
 /// resourceVersion of the copy that showed it, so a new request written meanwhile stays (the
 /// conflict leaves the removal to the next pass, which sees that request).
 async fn remove_reboot_annotation(host: &PhysicalHost, ctx: &Context, request: &str) -> Result<()> {
-    if host.annotations().get(REBOOT_ANNOTATION).map(String::as_str) != Some(request) {
+    if host
+        .annotations()
+        .get(REBOOT_ANNOTATION)
+        .map(String::as_str)
+        != Some(request)
+    {
         return Ok(());
     }
     let patch = json!({"metadata": {
