@@ -1,7 +1,9 @@
 //! `clusterctl move` of a provisioned cluster from one management cluster to another, as in a
 //! bootstrap-to-self-hosted pivot: both control planes run the real CAPI managers and a Beskar7
 //! manager; the real clusterctl moves the Cluster, its Machines, Beskar7 objects, the
-//! PhysicalHosts (their CRD carries `move-hierarchy`) and the BMC Secrets (labelled `move`).
+//! PhysicalHosts (their CRD carries `move-hierarchy`), the BMC Secrets (labelled `move`), a
+//! Beskar7RemediationTemplate (its CRD carries `move`) and a Beskar7Remediation (owned by a
+//! Machine; paused, so it reboots nothing here).
 //! Status does not travel with the objects, so this checks the provider resumes from what the
 //! target API server and the BMC say: hosts keep their claim and end Provisioned again, machines
 //! keep their providerIDs, and the BMC sees no new power, boot or media request.
@@ -163,6 +165,35 @@ async fn move_keeps_hosts_provisioned_without_new_bmc_calls() {
         "the emulator's request log should show the provisioning: {bmc_before:?}"
     );
 
+    // Remediation objects: a template nothing owns, and a remediation owned by a Machine (paused
+    // by its annotation: it must not reboot anything, as the BMC log is compared below).
+    create_dynamic(
+        &from,
+        NS,
+        INFRA,
+        "v1alpha1",
+        "Beskar7RemediationTemplate",
+        serde_json::json!({"metadata": {"name": "reboot", "namespace": NS},
+            "spec": {"template": {"spec": {"strategy": {"type": "Reboot", "retryLimit": 2, "timeout": "5m"}}}}}),
+    )
+    .await;
+    let machines = running_machines(&from, NS, 2).await.expect("2 Machines");
+    let owner = &machines[0];
+    let owner_name = owner.metadata.name.clone().unwrap();
+    create_dynamic(
+        &from,
+        NS,
+        INFRA,
+        "v1alpha1",
+        "Beskar7Remediation",
+        serde_json::json!({"metadata": {
+            "name": owner_name, "namespace": NS,
+            "annotations": {"cluster.x-k8s.io/paused": ""},
+            "ownerReferences": [{"apiVersion": format!("{CAPI}/v1beta2"), "kind": "Machine", "name": owner_name, "uid": owner.metadata.uid}],
+        }, "spec": {"strategy": {"type": "Reboot"}}}),
+    )
+    .await;
+
     // The target runs its own provider, as after `clusterctl init` there.
     let to_manager = start_manager(&target, &[]);
     let out = source
@@ -226,6 +257,42 @@ async fn move_keeps_hosts_provisioned_without_new_bmc_calls() {
     assert!(
         host_claims(&from).await.is_empty(),
         "the source keeps no PhysicalHost"
+    );
+    for kind in ["Beskar7RemediationTemplate", "Beskar7Remediation"] {
+        let name = if kind == "Beskar7Remediation" {
+            owner_name.as_str()
+        } else {
+            "reboot"
+        };
+        let moved = dynamic_api(&to, NS, INFRA, "v1alpha1", kind)
+            .get(name)
+            .await;
+        assert!(moved.is_ok(), "{kind} {name} not moved: {moved:?}");
+        assert!(
+            dynamic_api(&from, NS, INFRA, "v1alpha1", kind)
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_none(),
+            "{kind} {name} left in the source"
+        );
+    }
+    let moved_owner = dynamic_api(&to, NS, CAPI, "v1beta2", "Machine")
+        .get(&owner_name)
+        .await
+        .unwrap();
+    let rem = dynamic_api(&to, NS, INFRA, "v1alpha1", "Beskar7Remediation")
+        .get(&owner_name)
+        .await
+        .unwrap();
+    assert_eq!(
+        rem.metadata
+            .owner_references
+            .unwrap_or_default()
+            .first()
+            .map(|o| o.uid.clone()),
+        moved_owner.metadata.uid,
+        "the moved remediation is owned by the moved Machine"
     );
 
     // Nothing was re-provisioned: no power, boot override or media request since the move.
