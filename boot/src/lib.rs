@@ -14,6 +14,7 @@ pub mod fatfs;
 pub mod iso9660;
 pub mod isofs;
 pub mod kargs;
+pub mod network;
 pub mod os;
 pub mod partition;
 pub mod patch;
@@ -24,6 +25,7 @@ pub(crate) mod uefi_add;
 pub mod volume;
 
 pub use kargs::{ConfigKind, append_kernel_args, split_kernel_args};
+pub use network::{Cidr, StaticInterface, StaticNetwork};
 pub use os::{
     BootstrapFormat, DeliveryPlan, KernelArg, MetaData, OsFamily, PlanInput, ProfileError,
     ProvisioningMode, RenderedConfig, VolumePlan, build_config_volume, plan_delivery,

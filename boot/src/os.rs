@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::StaticNetwork;
 use crate::volume::{VolumeFile, VolumeFormat};
 
 /// kiwi (`dracut/modules.d/59kiwi-dump-reboot`): pass the installer's kernel arguments to the
@@ -261,7 +262,11 @@ fn render_instance_data(text: &str, meta: &MetaData) -> Result<String, ProfileEr
     Ok(out)
 }
 
-fn kairos_user_data(data: &[u8], meta: &MetaData) -> Result<Vec<u8>, ProfileError> {
+fn kairos_user_data(
+    data: &[u8],
+    meta: &MetaData,
+    network: &StaticNetwork,
+) -> Result<Vec<u8>, ProfileError> {
     let text = std::str::from_utf8(data).map_err(|e| ProfileError::Invalid {
         os: OsFamily::Kairos,
         what: "UTF-8",
@@ -303,6 +308,7 @@ fn kairos_user_data(data: &[u8], meta: &MetaData) -> Result<Vec<u8>, ProfileErro
     install.entry("auto".into()).or_insert(true.into());
     install.entry("device".into()).or_insert("auto".into());
     install.entry("reboot".into()).or_insert(true.into());
+    network.merge_kairos(map)?;
     // A mapping used as a key (`{ {a: 1}: x }`, `? [a]: b`) parses but does not serialise back.
     let body = serde_yaml::to_string(&value).map_err(|e| ProfileError::Invalid {
         os: OsFamily::Kairos,
@@ -339,7 +345,20 @@ impl OsFamily {
         format: BootstrapFormat,
         meta: &MetaData,
     ) -> Result<RenderedConfig, ProfileError> {
-        let mut r = self.render_files(data, format, meta)?;
+        self.render_with_network(data, format, meta, &StaticNetwork::default())
+    }
+
+    /// [`Self::render`] with a static network configuration merged into the OS's own
+    /// configuration (see [`crate::network`]); the kernel arguments come from
+    /// [`StaticNetwork::kernel_args`].
+    pub fn render_with_network(
+        self,
+        data: &[u8],
+        format: BootstrapFormat,
+        meta: &MetaData,
+        network: &StaticNetwork,
+    ) -> Result<RenderedConfig, ProfileError> {
+        let mut r = self.render_files(data, format, meta, network)?;
         if !r.volume_files.is_empty() {
             r.volume_label = self.volume_label_for(format);
         }
@@ -353,7 +372,7 @@ impl OsFamily {
             (Self::Kairos, BootstrapFormat::Ignition)
             | (Self::Talos, BootstrapFormat::Ignition)
             | (Self::Flatcar, BootstrapFormat::CloudConfig) => self
-                .render_files(b"", format, &MetaData::default())
+                .render_files(b"", format, &MetaData::default(), &StaticNetwork::default())
                 .map(|_| ()),
             _ => Ok(()),
         }
@@ -365,11 +384,26 @@ impl OsFamily {
         data: &[u8],
         format: BootstrapFormat,
         meta: &MetaData,
+        network: &StaticNetwork,
     ) -> Result<RenderedConfig, ProfileError> {
         let meta_file = VolumeFile::new("meta-data", meta.render());
+        let ignition = |data: &[u8]| -> Result<Vec<u8>, ProfileError> {
+            check_ignition(self, data)?;
+            if network.is_empty() {
+                return Ok(data.to_vec());
+            }
+            let mut v: serde_json::Value =
+                serde_json::from_slice(data).map_err(|e| ProfileError::Invalid {
+                    os: self,
+                    what: "Ignition JSON",
+                    err: e.to_string(),
+                })?;
+            network.merge_ignition(self, &mut v)?;
+            Ok(serde_json::to_vec(&v).expect("a JSON value serialises"))
+        };
         match (self, format) {
             (Self::Kairos, BootstrapFormat::CloudConfig) => {
-                let user = kairos_user_data(data, meta)?;
+                let user = kairos_user_data(data, meta, network)?;
                 Ok(RenderedConfig {
                     volume_label: None,
                     document: user.clone(),
@@ -378,49 +412,68 @@ impl OsFamily {
                 })
             }
             (Self::Talos, BootstrapFormat::CloudConfig) => {
-                let _: serde_yaml::Value =
-                    serde_yaml::from_slice(data).map_err(|e| ProfileError::Invalid {
-                        os: self,
-                        what: "Talos machine config YAML",
-                        err: e.to_string(),
-                    })?;
+                let invalid = |e: String| ProfileError::Invalid {
+                    os: self,
+                    what: "Talos machine config YAML",
+                    err: e,
+                };
+                let value: serde_yaml::Value =
+                    serde_yaml::from_slice(data).map_err(|e| invalid(e.to_string()))?;
+                let data = if network.is_empty() {
+                    data.to_vec()
+                } else {
+                    let mut map = match value {
+                        serde_yaml::Value::Mapping(m) => m,
+                        _ => {
+                            return Err(invalid("the machine config is not a YAML mapping".into()));
+                        }
+                    };
+                    network.merge_talos(&mut map)?;
+                    serde_yaml::to_string(&map)
+                        .map_err(|e| invalid(e.to_string()))?
+                        .into_bytes()
+                };
                 Ok(RenderedConfig {
                     volume_label: None,
-                    document: data.to_vec(),
+                    document: data.clone(),
                     content_type: "application/yaml",
-                    volume_files: vec![VolumeFile::new("config.yaml", data.to_vec()), meta_file],
+                    volume_files: vec![VolumeFile::new("config.yaml", data), meta_file],
                 })
             }
             (Self::Flatcar, BootstrapFormat::Ignition) => {
-                check_ignition(self, data)?;
+                let data = ignition(data)?;
                 Ok(RenderedConfig {
                     volume_label: None,
-                    document: data.to_vec(),
+                    document: data,
                     content_type: "application/json",
                     volume_files: Vec::new(),
                 })
             }
             (Self::LeapMicro, BootstrapFormat::Ignition) => {
-                check_ignition(self, data)?;
+                let data = ignition(data)?;
                 Ok(RenderedConfig {
                     volume_label: None,
-                    document: data.to_vec(),
+                    document: data.clone(),
                     content_type: "application/json",
-                    volume_files: vec![
-                        VolumeFile::new("ignition/config.ign", data.to_vec()),
-                        meta_file,
-                    ],
+                    volume_files: vec![VolumeFile::new("ignition/config.ign", data), meta_file],
                 })
             }
             (Self::LeapMicro, BootstrapFormat::CloudConfig) if data.starts_with(b"#!") => {
+                let data = if network.is_empty() {
+                    data.to_vec()
+                } else {
+                    let script = std::str::from_utf8(data).map_err(|e| ProfileError::Invalid {
+                        os: self,
+                        what: "UTF-8 Combustion script",
+                        err: e.to_string(),
+                    })?;
+                    network.merge_combustion(script).into_bytes()
+                };
                 Ok(RenderedConfig {
                     volume_label: None,
-                    document: data.to_vec(),
+                    document: data.clone(),
                     content_type: "text/x-shellscript",
-                    volume_files: vec![
-                        VolumeFile::new("combustion/script", data.to_vec()),
-                        meta_file,
-                    ],
+                    volume_files: vec![VolumeFile::new("combustion/script", data), meta_file],
                 })
             }
             (Self::Kairos, BootstrapFormat::Ignition) => Err(ProfileError::UnsupportedFormat {
@@ -900,5 +953,76 @@ mod tests {
             resolve_kernel_args(&leap_url.kernel_args, "u"),
             vec!["ignition.config.url=u", "rd.kiwi.install.pass.bootparam"]
         );
+    }
+
+    #[test]
+    fn every_os_gets_the_static_network_in_its_own_configuration() {
+        let net = StaticNetwork {
+            interfaces: vec![crate::network::StaticInterface {
+                mac: Some("52:54:00:aa:bb:cc".into()),
+                name: None,
+                addresses: vec![crate::network::Cidr::parse("10.1.0.5/24").unwrap()],
+                gateway: Some("10.1.0.1".parse().unwrap()),
+            }],
+            nameservers: vec!["10.1.0.53".parse().unwrap()],
+        };
+        let ign = br#"{"ignition": {"version": "3.4.0"}}"#;
+        for (os, data, format, file, needle) in [
+            (
+                OsFamily::Kairos,
+                &b"#cloud-config\n"[..],
+                BootstrapFormat::CloudConfig,
+                "user-data",
+                "MACAddress=52:54:00:aa:bb:cc",
+            ),
+            (
+                OsFamily::Talos,
+                &b"version: v1alpha1\nmachine: {type: worker}\n"[..],
+                BootstrapFormat::CloudConfig,
+                "config.yaml",
+                "hardwareAddr: 52:54:00:aa:bb:cc",
+            ),
+            (
+                OsFamily::LeapMicro,
+                &ign[..],
+                BootstrapFormat::Ignition,
+                "ignition/config.ign",
+                "beskar7-0.nmconnection",
+            ),
+            (
+                OsFamily::LeapMicro,
+                &b"#!/bin/bash\n# combustion: network\n"[..],
+                BootstrapFormat::CloudConfig,
+                "combustion/script",
+                "mac-address=52:54:00:AA:BB:CC",
+            ),
+        ] {
+            let r = os.render_with_network(data, format, &meta(), &net).unwrap();
+            let f = r
+                .volume_files
+                .iter()
+                .find(|f| f.path == file)
+                .unwrap_or_else(|| panic!("{os}: no {file}"));
+            let text = String::from_utf8_lossy(&f.data);
+            assert!(text.contains(needle), "{os} {file}: {text}");
+            assert_eq!(
+                r.document, f.data,
+                "{os}: the served document is the volume's"
+            );
+        }
+        // Flatcar reads no volume: the served Ignition carries the networkd unit.
+        let r = OsFamily::Flatcar
+            .render_with_network(ign, BootstrapFormat::Ignition, &meta(), &net)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.document).unwrap();
+        assert_eq!(
+            v["storage"]["files"][0]["path"],
+            "/etc/systemd/network/10-beskar7-0.network"
+        );
+        // Without a network the documents are the user's bytes.
+        let r = OsFamily::Flatcar
+            .render(ign, BootstrapFormat::Ignition, &meta())
+            .unwrap();
+        assert_eq!(r.document, ign.to_vec());
     }
 }
