@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test binaries (kube-apiserver, kube-controller-manager, etcd, CAPI core / kubeadm
-# bootstrap / kubeadm control-plane managers, clusterctl) with 'go build' from the Go module proxy, at the versions
+# bootstrap / kubeadm control-plane managers, clusterctl, the in-cluster IPAM provider) with 'go build' from the Go module proxy, at the versions
 # pinned in hack/testbin-versions.env, and copies CAPI's CRDs and webhook manifests next to them.
 #
 # Output: ${BESKAR7_TESTBIN:-$HOME/.cache/beskar7/testbin}/<key>/ where <key> encodes the pinned
@@ -108,6 +108,8 @@ build cluster-api-manager cluster-api sigs.k8s.io/cluster-api/core "${CAPI_LDFLA
 build kubeadm-bootstrap-manager cluster-api sigs.k8s.io/cluster-api/bootstrap/kubeadm "${CAPI_LDFLAGS}"
 build kubeadm-control-plane-manager cluster-api sigs.k8s.io/cluster-api/controlplane/kubeadm "${CAPI_LDFLAGS}"
 build clusterctl cluster-api sigs.k8s.io/cluster-api/cmd/clusterctl "${CAPI_LDFLAGS}"
+build "ipam-in-cluster-manager-${IPAM_PROVIDER_VERSION}" ipam-in-cluster \
+  sigs.k8s.io/cluster-api-ipam-provider-in-cluster ""
 
 # CAPI's CRDs and webhook manifests, from the module cache (the same release as the managers).
 if [ ! -f "${OUT}/manifests.done" ]; then
@@ -122,6 +124,17 @@ if [ ! -f "${OUT}/manifests.done" ]; then
   # the cache dir can be removed with plain 'rm -r'.
   chmod -R u+w "${OUT}/capi"
   touch "${OUT}/manifests.done"
+fi
+
+# The IPAM provider's pool CRDs, from the module cache (the same release as its manager).
+ipam_crds="${OUT}/ipam-in-cluster-${IPAM_PROVIDER_VERSION}/crds"
+if [ ! -d "${ipam_crds}" ]; then
+  ipam_dir="$(cd "${HACK_DIR}/tools/ipam-in-cluster" &&
+    go list -m -f '{{.Dir}}' sigs.k8s.io/cluster-api-ipam-provider-in-cluster)"
+  mkdir -p "${ipam_crds}.tmp"
+  cp "${ipam_dir}"/config/crd/bases/*.yaml "${ipam_crds}.tmp/"
+  chmod -R u+w "${ipam_crds}.tmp"
+  mv "${ipam_crds}.tmp" "${ipam_crds}"
 fi
 
 # clusterctl's provider inventory CRD: 'clusterctl move' reads the inventory in both clusters.

@@ -27,7 +27,7 @@ pub use common::{
 pub use machine::{
     Beskar7Machine, Beskar7MachineSpec, Beskar7MachineStatus, Beskar7MachineTemplate,
     Beskar7MachineTemplateResource, Beskar7MachineTemplateSpec, Beskar7MachineTemplateStatus,
-    HostReference, MachineInitialization, NodeInfo,
+    HostReference, InterfaceSpec, IpPoolRef, MachineInitialization, NetworkSpec, NodeInfo,
 };
 pub use physical_host::{
     BmcDetails, ConfigDelivery, ConsumerRef, HardwareDetails, HostState, Nic, PhysicalHost,

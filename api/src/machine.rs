@@ -100,6 +100,68 @@ pub struct Beskar7MachineSpec {
     /// Which PhysicalHosts this machine may claim (by their labels). Any host when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_selector: Option<LabelSelector>,
+
+    /// Static addressing, for networks without DHCP: given to the OS on its kernel command line
+    /// (so it reaches its configuration before any exists) and in its own network
+    /// configuration. Addresses are written here or allocated from CAPI IPAM pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+}
+
+/// A machine's static network configuration.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub interfaces: Vec<InterfaceSpec>,
+    /// DNS servers (IPv4 or IPv6 addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3), inner(regex(pattern = r"^[0-9A-Fa-f:.]+$")))]
+    pub nameservers: Vec<String>,
+}
+
+/// One interface: matched by MAC (it must be in the claimed host's inventory), by the OS's
+/// interface name, or, with neither, the host's first inventoried NIC.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("!(has(self.macAddress) && has(self.name))").message("an interface is matched by macAddress or by name, not both"))]
+#[x_kube(validation = Rule::new("size(self.addresses) + size(self.addressesFromPools) > 0").message("an interface needs addresses or addressesFromPools"))]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$"))]
+    pub mac_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,15}$"))]
+    pub name: Option<String>,
+    /// Addresses with their prefix length: `10.0.0.10/24`, `2001:db8::10/64`.
+    #[serde(default)]
+    #[schemars(
+        length(max = 8),
+        inner(regex(pattern = r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$"))
+    )]
+    pub addresses: Vec<String>,
+    /// One address from each pool (CAPI IPAM: an IPAddressClaim per pool, owned by the machine).
+    #[serde(default)]
+    #[schemars(length(max = 4))]
+    pub addresses_from_pools: Vec<IpPoolRef>,
+    /// Default gateway; a pool's gateway when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9A-Fa-f:.]+$"))]
+    pub gateway: Option<String>,
+}
+
+/// A CAPI IPAM pool (`ipam.cluster.x-k8s.io` InClusterIPPool, GlobalInClusterIPPool, or any
+/// provider's).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IpPoolRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub api_group: String,
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Observed state of a Beskar7Machine, in the CAPI v1beta2 InfraMachine shape.

@@ -172,6 +172,10 @@ pub struct Provisioning {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub hostname: Option<String>,
+    /// The machine's static network, resolved by the machine controller: pool addresses
+    /// allocated, every interface named by MAC or name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::machine::NetworkSpec>,
 }
 
 /// Where a host is in its life.

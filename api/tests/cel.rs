@@ -21,6 +21,7 @@ fn machine(mode: ProvisioningMode, config_url: Option<&str>) -> Beskar7Machine {
             config_url: config_url.map(Into::into),
             boot_mode: BootMode::Uefi,
             host_selector: None,
+            network: None,
         },
         status: None,
     }
@@ -122,6 +123,7 @@ fn provisioning(mode: ProvisioningMode) -> Provisioning {
         bootstrap_data_secret_ref: Some("m-bootstrap".into()),
         boot_mode: BootMode::Uefi,
         hostname: None,
+        network: None,
     }
 }
 
@@ -232,6 +234,42 @@ fn control_plane_endpoint_rules() {
         .unwrap_err();
     assert!(
         messages(&err).contains("controlPlaneEndpoint is immutable once set"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn an_interface_is_matched_one_way_and_has_addresses() {
+    let with = |iface: InterfaceSpec| {
+        let mut m = machine(ProvisioningMode::BootstrapData, None);
+        m.spec.network = Some(NetworkSpec {
+            interfaces: vec![iface],
+            nameservers: vec![],
+        });
+        m
+    };
+    let good = InterfaceSpec {
+        mac_address: Some("52:54:00:00:00:01".into()),
+        addresses: vec!["10.0.0.2/24".into()],
+        ..Default::default()
+    };
+    with(good.clone()).validate_cel().unwrap();
+    let both = InterfaceSpec {
+        name: Some("eth0".into()),
+        ..good.clone()
+    };
+    let err = with(both).validate_cel().unwrap_err();
+    assert!(
+        messages(&err).contains("by macAddress or by name, not both"),
+        "{err:?}"
+    );
+    let none = InterfaceSpec {
+        addresses: vec![],
+        ..good
+    };
+    let err = with(none).validate_cel().unwrap_err();
+    assert!(
+        messages(&err).contains("needs addresses or addressesFromPools"),
         "{err:?}"
     );
 }

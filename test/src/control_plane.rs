@@ -29,6 +29,7 @@ const KEEP_DIRS_ENV: &str = "BESKAR7_KEEP_TEST_DIRS";
 #[derive(Clone, Debug, Default)]
 pub struct ControlPlaneBuilder {
     capi: bool,
+    ipam: bool,
     garbage_collector: bool,
     ca: Option<(String, String)>,
     api_server_port: Option<u16>,
@@ -40,6 +41,13 @@ impl ControlPlaneBuilder {
     /// reconciled as in a management cluster.
     pub fn with_capi(mut self) -> Self {
         self.capi = true;
+        self
+    }
+
+    /// Also run the in-cluster IPAM provider (the CAPI IPAM contract's reference provider) with
+    /// its pool CRDs (InClusterIPPool, GlobalInClusterIPPool), without its webhooks.
+    pub fn with_ipam(mut self) -> Self {
+        self.ipam = true;
         self
     }
 
@@ -310,6 +318,12 @@ impl ControlPlane {
             crds.extend(provider_crds);
         }
         crds.push(load_crd(&testbin.clusterctl_inventory_crd())?);
+        if options.ipam {
+            for mut crd in load_crd_dir(&testbin.ipam_provider_crd_dir())? {
+                capi::label_as_clusterctl_installed(&mut crd, "ipam-in-cluster");
+                crds.push(crd);
+            }
+        }
         install_crds(&client, &crds).await?;
         wait_default_namespace(&client, &mut running).await?;
 
@@ -334,7 +348,46 @@ impl ControlPlane {
             cp.start_capi(&ca, &pki.ca_pem, &manager_ports).await?;
             capi::write_inventory(&cp.client, &cp.testbin.versions.capi).await?;
         }
+        if options.ipam {
+            cp.start_ipam_provider().await?;
+        }
         Ok(cp)
+    }
+
+    /// The in-cluster IPAM provider, without webhooks or metrics; ready once its health probe
+    /// answers.
+    async fn start_ipam_provider(&mut self) -> Result<(), ControlPlaneError> {
+        let port = free_loopback_ports(1)?[0];
+        let args = vec![
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--webhook-port=0".to_string(),
+            "--metrics-bind-address=0".to_string(),
+            format!("--health-probe-bind-address=127.0.0.1:{port}"),
+            "--leader-elect=false".to_string(),
+        ];
+        let process = ManagedProcess::spawn(
+            "ipam-in-cluster",
+            &self.testbin.ipam_provider_binary(),
+            &args,
+            &[],
+            self.running.log("ipam-in-cluster"),
+        )?;
+        self.running.processes.push(process);
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        let start = Instant::now();
+        loop {
+            self.running.ensure_all_running()?;
+            if matches!(http.get(&url).send().await, Ok(r) if r.status().is_success()) {
+                return Ok(());
+            }
+            if start.elapsed() > APISERVER_READY_TIMEOUT {
+                return Err(self
+                    .running
+                    .not_ready("ipam-in-cluster", APISERVER_READY_TIMEOUT));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     async fn start_controller_manager(&mut self, port: u16) -> Result<(), ControlPlaneError> {
@@ -564,6 +617,17 @@ fn load_capi_crds(
             Ok(crd)
         })
         .collect()
+}
+
+/// Every CRD of a directory of YAML files, in file name order.
+fn load_crd_dir(dir: &Path) -> Result<Vec<CustomResourceDefinition>, ControlPlaneError> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| io_error(&format!("reading {}", dir.display()), source))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| load_crd(p)).collect()
 }
 
 fn load_crd(path: &Path) -> Result<CustomResourceDefinition, ControlPlaneError> {

@@ -30,6 +30,8 @@ pub struct Versions {
     pub etcd: String,
     pub capi: String,
     pub layout: String,
+    /// The in-cluster IPAM provider (not in the cache key: its files carry the version).
+    pub ipam_provider: String,
 }
 
 impl Versions {
@@ -57,6 +59,7 @@ impl Versions {
             etcd: get("ETCD_VERSION")?,
             capi: get("CAPI_VERSION")?,
             layout: get("TESTBIN_LAYOUT")?,
+            ipam_provider: get("IPAM_PROVIDER_VERSION")?,
         })
     }
 
@@ -101,6 +104,8 @@ impl Testbin {
         let mut required: Vec<PathBuf> = BINARIES.iter().map(|b| testbin.binary(b)).collect();
         required.push(testbin.dir.join("manifests.done"));
         required.push(testbin.clusterctl_inventory_crd());
+        required.push(testbin.ipam_provider_binary());
+        required.push(testbin.ipam_provider_crd_dir());
         if let Some(missing) = required.into_iter().find(|p| !p.exists()) {
             return Err(ControlPlaneError::TestbinMissing { missing });
         }
@@ -122,6 +127,21 @@ impl Testbin {
             .join("capi")
             .join(provider)
             .join("webhook/manifests.yaml")
+    }
+
+    /// The in-cluster IPAM provider's manager.
+    pub fn ipam_provider_binary(&self) -> PathBuf {
+        self.binary(&format!(
+            "ipam-in-cluster-manager-{}",
+            self.versions.ipam_provider
+        ))
+    }
+
+    /// The in-cluster IPAM provider's pool CRDs.
+    pub fn ipam_provider_crd_dir(&self) -> PathBuf {
+        self.dir
+            .join(format!("ipam-in-cluster-{}", self.versions.ipam_provider))
+            .join("crds")
     }
 
     /// clusterctl's `Provider` (inventory) CRD.

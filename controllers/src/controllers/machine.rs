@@ -9,7 +9,7 @@ use beskar7_api::conditions::MachinePhase;
 use beskar7_api::{
     Beskar7Machine, Beskar7MachineStatus, CLAIMING_ANNOTATION, ConsumerRef, HostReference,
     HostState, MachineAddress, MachineAddressType, MachineInitialization, NODE_JOINED_ANNOTATION,
-    PhysicalHost, Provisioning, ProvisioningMode, provider_id,
+    NetworkSpec, PhysicalHost, Provisioning, ProvisioningMode, provider_id,
 };
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -18,7 +18,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use tracing::info;
 
-use super::shape;
+use super::{ipam, shape};
 use crate::capi;
 use crate::conditions::{self, HOST_PROVISIONED, READY, reason};
 use crate::context::Context;
@@ -209,33 +209,83 @@ async fn reconcile_normal(
             }
             adopt_claim(m, h, &hosts, ctx).await?
         }
-        None => match claim_host(m, &machine, bootstrap_secret.as_deref(), &hosts, ctx, own).await?
-        {
-            Some(h) => {
-                info!(machine = %key(m), host = %h.name_any(), "claimed host");
-                h
-            }
-            None => {
+        None => {
+            // Static addressing is complete before a host is claimed: nothing is half-applied
+            // to a host while an address is missing or wrong.
+            let network = match &m.spec.network {
+                None => None,
+                Some(spec) => match ipam::resolve(ctx, m, &cluster.name, spec).await? {
+                    ipam::Resolved::Ready(n) => Some(n),
+                    ipam::Resolved::Waiting {
+                        reason: why,
+                        message,
+                    } => {
+                        wait(status, why, &message);
+                        conditions::set(
+                            &mut status.conditions,
+                            HOST_PROVISIONED,
+                            false,
+                            why,
+                            message,
+                            generation,
+                        );
+                        return Ok(Action::requeue(ctx.settings.waiting_requeue));
+                    }
+                },
+            };
+            if let Some(net) = &network
+                && let Some(message) = interfaces_missing(m, &machine, net, ctx).await?
+            {
                 status.phase = Some(MachinePhase::WaitingForHost.into());
-                conditions::set(
-                    &mut status.conditions,
-                    READY,
-                    false,
-                    reason::WAITING_FOR_HOST,
-                    "no Available PhysicalHost matches the hostSelector and failure domain",
-                    generation,
-                );
-                conditions::set(
-                    &mut status.conditions,
-                    HOST_PROVISIONED,
-                    false,
-                    reason::WAITING_FOR_HOST,
-                    "no Available PhysicalHost matches",
-                    generation,
-                );
+                for type_ in [READY, HOST_PROVISIONED] {
+                    conditions::set(
+                        &mut status.conditions,
+                        type_,
+                        false,
+                        ipam::reason::INTERFACE_NOT_ON_HOST,
+                        message.clone(),
+                        generation,
+                    );
+                }
                 return Ok(Action::requeue(ctx.settings.waiting_requeue));
             }
-        },
+            match claim_host(
+                m,
+                &machine,
+                bootstrap_secret.as_deref(),
+                network.as_ref(),
+                &hosts,
+                ctx,
+                own,
+            )
+            .await?
+            {
+                Some(h) => {
+                    info!(machine = %key(m), host = %h.name_any(), "claimed host");
+                    h
+                }
+                None => {
+                    status.phase = Some(MachinePhase::WaitingForHost.into());
+                    conditions::set(
+                        &mut status.conditions,
+                        READY,
+                        false,
+                        reason::WAITING_FOR_HOST,
+                        "no Available PhysicalHost matches the hostSelector and failure domain",
+                        generation,
+                    );
+                    conditions::set(
+                        &mut status.conditions,
+                        HOST_PROVISIONED,
+                        false,
+                        reason::WAITING_FOR_HOST,
+                        "no Available PhysicalHost matches",
+                        generation,
+                    );
+                    return Ok(Action::requeue(ctx.settings.waiting_requeue));
+                }
+            }
+        }
     };
     let host_name = host.name_any();
     status.host_ref = Some(HostReference {
@@ -275,7 +325,25 @@ async fn reconcile_normal(
                 type_: MachineAddressType::Hostname,
                 address: machine.name.clone(),
             }];
-            addresses.extend(host_status.addresses.iter().cloned());
+            // Static addresses first: they are the ones the OS was given.
+            let static_addresses = host
+                .spec
+                .provisioning
+                .as_ref()
+                .and_then(|p| p.network.as_ref())
+                .map(ipam::addresses)
+                .unwrap_or_default();
+            for a in static_addresses {
+                addresses.push(MachineAddress {
+                    type_: MachineAddressType::InternalIP,
+                    address: a,
+                });
+            }
+            for a in &host_status.addresses {
+                if !addresses.contains(a) {
+                    addresses.push(a.clone());
+                }
+            }
             status.addresses = addresses;
             status.initialization = Some(MachineInitialization {
                 provisioned: Some(true),
@@ -471,10 +539,33 @@ pub fn host_fits(
 /// the finalizer), then the host's `consumerRef` is set with an optimistic update. `None`: no
 /// host is free, or a conflict (another machine won the host, another manager is claiming for
 /// this machine), which the next pass resolves from fresh copies.
+/// When the machine's interfaces name MACs that no fitting host has: the message to show.
+async fn interfaces_missing(
+    m: &Beskar7Machine,
+    machine: &capi::Machine,
+    network: &NetworkSpec,
+    ctx: &Context,
+) -> Result<Option<String>> {
+    let mut first_misfit = None;
+    for h in ctx.cached_hosts(m.namespace().as_deref()).await? {
+        if host_fits(m, machine.failure_domain.as_deref(), &h)? {
+            match ipam::for_host(network, &h) {
+                Ok(_) => return Ok(None),
+                Err(e) => {
+                    first_misfit.get_or_insert(e);
+                }
+            }
+        }
+    }
+    Ok(first_misfit)
+}
+
+/// `network`: the machine's resolved static network; only hosts with its MACs are candidates.
 async fn claim_host(
     m: &Beskar7Machine,
     machine: &capi::Machine,
     bootstrap_secret: Option<&str>,
+    network: Option<&NetworkSpec>,
     hosts: &Api<PhysicalHost>,
     ctx: &Context,
     own: &mut OwnWrites,
@@ -482,7 +573,9 @@ async fn claim_host(
     let known = ctx.cached_hosts(m.namespace().as_deref()).await?;
     let mut candidates = Vec::new();
     for h in known {
-        if host_fits(m, machine.failure_domain.as_deref(), &h)? {
+        if host_fits(m, machine.failure_domain.as_deref(), &h)?
+            && network.is_none_or(|n| ipam::for_host(n, &h).is_ok())
+        {
             candidates.push(Arc::unwrap_or_clone(h));
         }
     }
@@ -537,6 +630,10 @@ async fn claim_host(
         bootstrap_data_secret_ref: bootstrap_secret.map(str::to_string),
         boot_mode: m.spec.boot_mode,
         hostname: Some(machine.name.clone()),
+        network: match network {
+            Some(n) => Some(ipam::for_host(n, &h).map_err(Error::Invalid)?),
+            None => None,
+        },
     });
     // `replace` sends the resourceVersion we read: the API server refuses it if the host changed.
     match hosts
@@ -650,6 +747,17 @@ async fn delete(
                 "waiting for PhysicalHost {} to power off and eject media",
                 r.name
             ),
+            generation,
+        );
+        return Ok(Action::requeue(ctx.settings.host_poll));
+    }
+    if !ipam::release(ctx, m).await? {
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            reason::DELETING,
+            "waiting for the IPAM provider to release the machine's IPAddressClaims",
             generation,
         );
         return Ok(Action::requeue(ctx.settings.host_poll));

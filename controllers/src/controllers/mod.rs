@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod host;
+pub mod ipam;
 pub mod machine;
 pub mod remediation;
 pub mod shape;

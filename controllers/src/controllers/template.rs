@@ -180,6 +180,7 @@ mod tests {
                     ..Default::default()
                 },
             ),
+            network: None,
         };
         let t = Beskar7MachineTemplate::new(
             "t",

@@ -149,6 +149,19 @@ fn artifact_set(
     // An OS that reads no config volume (Flatcar) finds its providerID on the kernel command
     // line, where the cluster templates read it for kubelet.
     let mut kernel_args = plan.kernel_args.clone();
+    // Static addressing: the initrd brings the interfaces up from the command line, so the OS
+    // reaches a served config URL without DHCP; its own configuration keeps them afterwards.
+    let network = prov
+        .network
+        .as_ref()
+        .map(crate::controllers::ipam::to_static)
+        .unwrap_or_default();
+    kernel_args.extend(
+        network
+            .kernel_args(os, &meta.local_hostname)
+            .into_iter()
+            .map(boot::KernelArg::Literal),
+    );
     if plan.config_volume.is_none() {
         kernel_args.push(boot::KernelArg::Literal(format!(
             "{PROVIDER_ID_KERNEL_ARG}={}",
@@ -156,7 +169,7 @@ fn artifact_set(
         )));
     }
     let rendered = bootstrap
-        .map(|(data, format)| os.render(data, *format, &meta))
+        .map(|(data, format)| os.render_with_network(data, *format, &meta, &network))
         .transpose()?;
     let mut set = ArtifactSet {
         boot_iso: Some(BootIsoSource {
