@@ -156,12 +156,17 @@ fn flavour_env(flavour: &str) -> Vec<(&'static str, &'static str)> {
     match flavour {
         "talos" => env.push(("TALOS_VERSION", "v1.11")),
         "topology" => env.push(("CLUSTER_TOPOLOGY", "true")),
+        "static-ip" => env.extend([
+            ("BESKAR7_IP_POOL_ADDRESSES", "10.0.0.100-10.0.0.150"),
+            ("BESKAR7_IP_POOL_GATEWAY", "10.0.0.1"),
+            ("BESKAR7_NAMESERVER", "10.0.0.53"),
+        ]),
         _ => {}
     }
     env
 }
 
-const FLAVOURS: [&str; 5] = ["", "flatcar", "leapmicro", "talos", "topology"];
+const FLAVOURS: [&str; 6] = ["", "flatcar", "leapmicro", "talos", "topology", "static-ip"];
 
 fn docs(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
@@ -259,7 +264,12 @@ fn clusterctl_generates_the_provider_and_every_flavour_offline() {
         .filter(|o| kind(o) == "CustomResourceDefinition")
         .map(|o| o["metadata"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(crds.len(), 5, "{crds:?}");
+    // Every kind of the API crate, the remediation kinds included.
+    assert_eq!(crds.len(), beskar7_api::crds::all().len(), "{crds:?}");
+    assert!(
+        crds.contains("beskar7remediationtemplates.infrastructure.cluster.x-k8s.io"),
+        "{crds:?}"
+    );
     for o in objects
         .iter()
         .filter(|o| kind(o) == "CustomResourceDefinition")
@@ -366,6 +376,23 @@ fn clusterctl_generates_the_provider_and_every_flavour_offline() {
                 );
             }
             "talos" => assert!(kinds.is_superset(&BTreeSet::from(TALOS_KINDS)), "{kinds:?}"),
+            "static-ip" => {
+                let pool = objects
+                    .iter()
+                    .find(|o| kind(o) == "InClusterIPPool")
+                    .expect("the pool");
+                assert_eq!(pool["spec"]["gateway"], "10.0.0.1");
+                let templates: Vec<&Value> = objects
+                    .iter()
+                    .filter(|o| kind(o) == "Beskar7MachineTemplate")
+                    .collect();
+                assert_eq!(templates.len(), 2);
+                for t in templates {
+                    let iface = &t["spec"]["template"]["spec"]["network"]["interfaces"][0];
+                    assert_eq!(iface["addressesFromPools"][0]["name"], "c1-pool", "{t:?}");
+                }
+                assert_eq!(ids.len(), 3, "{ids:?}");
+            }
             "topology" => assert!(
                 kinds.contains("ClusterClass") && kinds.contains("Cluster"),
                 "clusterctl adds clusterclass-beskar7.yaml: {kinds:?}"
@@ -425,11 +452,13 @@ async fn apply(api: &Api<DynamicObject>, o: &Value) -> DynamicObject {
 async fn generated_clusters_pass_server_side_dry_run_with_capi_webhooks() {
     let (_out, dir) = release();
     let clusterctl = Clusterctl::new(&dir);
+    // With the in-cluster IPAM provider's CRDs: the static-ip flavour's pool is checked too.
     let cp = ControlPlane::builder()
         .with_capi()
+        .with_ipam()
         .start()
         .await
-        .expect("local control plane with CAPI");
+        .expect("local control plane with CAPI and IPAM");
     let client = cp.client();
 
     for flavour in FLAVOURS {
