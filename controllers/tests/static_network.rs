@@ -110,6 +110,27 @@ async fn served(lab: &BmcLab, system: usize, work: &Path) -> (String, Vec<String
     (linux, images)
 }
 
+/// `file` of the config volume among the inserted `images`, read with xorriso or mtools.
+async fn volume_file(images: &[String], file: &str, work: &Path) -> Vec<u8> {
+    let url = images
+        .iter()
+        .find(|i| !i.ends_with("/boot.iso"))
+        .expect("config volume inserted");
+    let volume = work.join(file.replace('/', "-") + "-volume");
+    let bytes = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    std::fs::write(&volume, bytes).unwrap();
+    if url.ends_with(".iso") {
+        beskar7_test::fixtures::iso_extract(
+            &volume,
+            &format!("/{file}"),
+            &volume.with_extension("out"),
+        )
+        .unwrap()
+    } else {
+        beskar7_test::fixtures::fat_extract(&volume, file).unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_and_static_addresses_reach_the_os_and_bad_input_stops_first() {
     beskar7_test::install_crypto_provider();
@@ -268,26 +289,7 @@ async fn pool_and_static_addresses_reach_the_os_and_bad_input_stops_first() {
             "{arg} missing from {cmdline}"
         );
     }
-    let volume_url = images
-        .iter()
-        .find(|i| !i.ends_with("/boot.iso"))
-        .expect("config volume");
-    let volume = work.path().join("kairos-volume");
-    std::fs::write(
-        &volume,
-        reqwest::get(volume_url)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let user_data = if volume_url.ends_with(".iso") {
-        beskar7_test::fixtures::iso_extract(&volume, "/user-data", &work.path().join("ud")).unwrap()
-    } else {
-        beskar7_test::fixtures::fat_extract(&volume, "user-data").unwrap()
-    };
+    let user_data = volume_file(&images, "user-data", work.path()).await;
     let user_data = String::from_utf8(user_data).unwrap();
     assert!(
         user_data.contains("/etc/systemd/network/10-beskar7-0.network")
@@ -374,31 +376,7 @@ async fn pool_and_static_addresses_reach_the_os_and_bad_input_stops_first() {
             && cmdline.contains("ip=10.20.0.5::10.20.0.1:255.255.255.0:leap:b7net0:none"),
         "{cmdline}"
     );
-    let volume_url = images
-        .iter()
-        .find(|i| !i.ends_with("/boot.iso"))
-        .expect("config volume");
-    let volume = work.path().join("leap-volume");
-    std::fs::write(
-        &volume,
-        reqwest::get(volume_url)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let ign = if volume_url.ends_with(".iso") {
-        beskar7_test::fixtures::iso_extract(
-            &volume,
-            "/ignition/config.ign",
-            &work.path().join("ign"),
-        )
-        .unwrap()
-    } else {
-        beskar7_test::fixtures::fat_extract(&volume, "ignition/config.ign").unwrap()
-    };
+    let ign = volume_file(&images, "ignition/config.ign", work.path()).await;
     let ign: serde_json::Value = serde_json::from_slice(&ign).unwrap();
     let file = &ign["storage"]["files"][0];
     assert_eq!(

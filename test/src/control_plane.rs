@@ -373,18 +373,26 @@ impl ControlPlane {
             self.running.log("ipam-in-cluster"),
         )?;
         self.running.processes.push(process);
-        let http = reqwest::Client::new();
         let url = format!("http://127.0.0.1:{port}/readyz");
+        self.wait_http_ok(&reqwest::Client::new(), &url, "ipam-in-cluster")
+            .await
+    }
+
+    /// Polls `url` until it answers 2xx, while every process keeps running.
+    async fn wait_http_ok(
+        &mut self,
+        http: &reqwest::Client,
+        url: &str,
+        name: &str,
+    ) -> Result<(), ControlPlaneError> {
         let start = Instant::now();
         loop {
             self.running.ensure_all_running()?;
-            if matches!(http.get(&url).send().await, Ok(r) if r.status().is_success()) {
+            if matches!(http.get(url).send().await, Ok(r) if r.status().is_success()) {
                 return Ok(());
             }
             if start.elapsed() > APISERVER_READY_TIMEOUT {
-                return Err(self
-                    .running
-                    .not_ready("ipam-in-cluster", APISERVER_READY_TIMEOUT));
+                return Err(self.running.not_ready(name, APISERVER_READY_TIMEOUT));
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
@@ -417,19 +425,8 @@ impl ControlPlane {
             .build()
             .map_err(ControlPlaneError::HttpClientUnavailable)?;
         let url = format!("https://127.0.0.1:{port}/healthz");
-        let start = Instant::now();
-        loop {
-            self.running.ensure_all_running()?;
-            if matches!(http.get(&url).send().await, Ok(r) if r.status().is_success()) {
-                return Ok(());
-            }
-            if start.elapsed() > APISERVER_READY_TIMEOUT {
-                return Err(self
-                    .running
-                    .not_ready("kube-controller-manager", APISERVER_READY_TIMEOUT));
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        self.wait_http_ok(&http, &url, "kube-controller-manager")
+            .await
     }
 
     async fn start_capi(
