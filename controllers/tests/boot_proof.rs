@@ -23,6 +23,12 @@
 //! stick boots the GPT or MBR, not El Torito), are proven with the same `beskar7-boot` code
 //! through `beskar7 media` (the `cli_*` tests).
 //!
+//! Every machine of the grid has a static network (`spec.network`, one address on the host's
+//! first NIC, a gateway and a nameserver): the guest's command line must carry the initrd's form
+//! (`ifname=`, `ip=`, `nameserver=`, `rd.neednet=1`; the kernel's `ip=` for Talos) and the
+//! BootstrapData configuration the OS's own form (networkd unit, NetworkManager keyfile, Talos
+//! `machine.network`).
+//!
 //! Each boot's wall time is printed (`--nocapture` shows it).
 
 mod support;
@@ -116,6 +122,32 @@ struct Case {
 }
 
 const MARKER: &str = "beskar7-boot-proof-marker";
+const STATIC_ADDRESS: &str = "192.0.2.10/24";
+const STATIC_GATEWAY: &str = "192.0.2.1";
+const STATIC_NAMESERVER: &str = "192.0.2.53";
+
+/// The static network on the command line the guest booted with: the initrd's arguments (the
+/// NIC named by the host's first MAC), the kernel's for Talos.
+fn check_network_args(case: &Case, out: &BootOutput, mac: &str) {
+    let m = case.machine;
+    if case.os == "talos" {
+        let device = format!("enx{}", mac.replace(':', ""));
+        assert_arg(
+            out,
+            &format!("ip=192.0.2.10::192.0.2.1:255.255.255.0:{m}:{device}:off:192.0.2.53::"),
+            m,
+        );
+        return;
+    }
+    for a in [
+        format!("ifname=b7net0:{mac}"),
+        format!("ip=192.0.2.10::192.0.2.1:255.255.255.0:{m}:b7net0:none"),
+        "nameserver=192.0.2.53".to_string(),
+        "rd.neednet=1".to_string(),
+    ] {
+        assert_arg(out, &a, m);
+    }
+}
 
 fn ignition() -> String {
     format!(
@@ -322,16 +354,29 @@ fn check_volume(case: &Case, b: &BridgedBoot, provider_id: &str) {
                 ud.contains(MARKER) && ud.contains("auto: true"),
                 "Kairos user-data with the bootstrap data and install.auto: {ud}"
             );
+            assert!(
+                ud.contains("/etc/systemd/network/10-beskar7-0.network")
+                    && ud.contains("Address=192.0.2.10/24"),
+                "Kairos user-data with the networkd unit in stages.initramfs: {ud}"
+            );
         }
-        "talos" => assert!(
-            v.files["config.yaml"].contains(&format!("token: {MARKER}")),
-            "{v:?}"
-        ),
+        "talos" => {
+            let cfg = &v.files["config.yaml"];
+            assert!(cfg.contains(&format!("token: {MARKER}")), "{v:?}");
+            assert!(
+                cfg.contains("hardwareAddr:") && cfg.contains("- 192.0.2.10/24"),
+                "Talos machine.network.interfaces: {cfg}"
+            );
+        }
         _ if label == "combustion" => {
             let script = &v.files["combustion/script"];
             assert!(
                 script.starts_with("#!") && script.contains(MARKER),
                 "{script}"
+            );
+            assert!(
+                script.contains("address1=192.0.2.10/24,192.0.2.1"),
+                "Combustion script writing the NetworkManager keyfile: {script}"
             );
         }
         _ => {
@@ -340,6 +385,19 @@ fn check_volume(case: &Case, b: &BridgedBoot, provider_id: &str) {
                 .unwrap_or_else(|e| panic!("config.ign is JSON: {e}: {ign}"));
             assert_eq!(j["ignition"]["version"], "3.4.0");
             assert!(ign.contains(MARKER));
+            // Appended to the bootstrap data's own files.
+            let keyfile = j["storage"]["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|f| {
+                    f["path"] == "/etc/NetworkManager/system-connections/beskar7-0.nmconnection"
+                });
+            assert_eq!(
+                keyfile.map(|f| f["mode"].clone()),
+                Some(0o600.into()),
+                "{ign}"
+            );
         }
     }
 }
@@ -381,9 +439,10 @@ async fn served_config(out: &BootOutput, prefix: &str, artifacts: &str, m: &str)
     reqwest::get(&url).await.unwrap().text().await.unwrap()
 }
 
-async fn check_case(case: &Case, b: &BridgedBoot, provider_id: &str, artifacts: &str) {
+async fn check_case(case: &Case, b: &BridgedBoot, provider_id: &str, artifacts: &str, mac: &str) {
     let out = &b.output;
     let m = case.machine;
+    check_network_args(case, out, mac);
     assert!(
         out.insmod_failures().is_empty(),
         "{m}: modules failed to load: {:?}",
@@ -432,6 +491,10 @@ async fn check_case(case: &Case, b: &BridgedBoot, provider_id: &str, artifacts: 
             assert!(
                 served.contains(MARKER),
                 "{m}: the URL on the kernel command line serves the bootstrap Ignition: {served}"
+            );
+            assert!(
+                served.contains("/etc/systemd/network/10-beskar7-0.network"),
+                "{m}: the served Ignition writes the networkd unit: {served}"
             );
             assert_arg(out, "flatcar.first_boot=1", m);
             // No volume to carry meta-data: the providerID rides on the command line.
@@ -578,6 +641,10 @@ async fn provider_media_boot_in_vms() {
         if let Some(u) = c.config_url {
             spec["configURL"] = serde_json::json!(u);
         }
+        spec["network"] = serde_json::json!({
+            "interfaces": [{"addresses": [STATIC_ADDRESS], "gateway": STATIC_GATEWAY}],
+            "nameservers": [STATIC_NAMESERVER],
+        });
         create_machine(&client, NS, "proof", c.machine, spec, &secret).await;
     }
     create_secret(
@@ -701,10 +768,15 @@ async fn provider_media_boot_in_vms() {
         {
             Ok(b) => {
                 report(&name, &b.output);
-                let check = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-                    check_case(c, &b, provider_id, &manager.artifacts),
-                ))
-                .await;
+                let check =
+                    futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(check_case(
+                        c,
+                        &b,
+                        provider_id,
+                        &manager.artifacts,
+                        &system.mac.to_lowercase(),
+                    )))
+                    .await;
                 match check {
                     Ok(()) => Ok(b.output.elapsed),
                     Err(p) => Err(p

@@ -129,7 +129,38 @@ fn cel_cases() -> Vec<CelCase> {
     let config_url =
         "configURL is required when provisioningMode is RemoteConfig and forbidden otherwise";
     let provider_id = "providerID is immutable once set";
-    vec![
+    let network = |iface: serde_json::Value| json!({ "network": { "interfaces": [iface] } });
+    let good_iface = json!({ "macAddress": "52:54:00:00:00:01", "addresses": ["10.0.0.2/24"] });
+    let both =
+        json!({ "macAddress": "52:54:00:00:00:01", "name": "eth0", "addresses": ["10.0.0.2/24"] });
+    let empty = json!({ "name": "eth0" });
+    let one_way = "an interface is matched by macAddress or by name, not both";
+    let needs_addresses = "an interface needs addresses or addressesFromPools";
+    let mut network_cases = Vec::new();
+    for (message, bad) in [(one_way, &both), (needs_addresses, &empty)] {
+        network_cases.push(CelCase {
+            kind: "Beskar7Machine",
+            message,
+            valid: machine(network(good_iface.clone())),
+            bad: machine(network(bad.clone())),
+            update: false,
+        });
+        network_cases.push(CelCase {
+            kind: "Beskar7MachineTemplate",
+            message,
+            valid: template(machine(network(good_iface.clone()))),
+            bad: template(machine(network(bad.clone()))),
+            update: false,
+        });
+        network_cases.push(CelCase {
+            kind: "PhysicalHost",
+            message,
+            valid: host(provisioning(network(good_iface.clone()))),
+            bad: host(provisioning(network(bad.clone()))),
+            update: false,
+        });
+    }
+    let mut cases = vec![
         CelCase {
             kind: "Beskar7Cluster",
             message: port_message,
@@ -218,7 +249,9 @@ fn cel_cases() -> Vec<CelCase> {
             ),
             update: false,
         },
-    ]
+    ];
+    cases.extend(network_cases);
+    cases
 }
 
 #[tokio::test]
