@@ -200,6 +200,21 @@ impl Context {
         Ok(api.get_opt(name).await?.map(Arc::new))
     }
 
+    /// The CAPI Cluster `name` in `ns` (None: no name given, or not found), from the cache.
+    pub async fn capi_cluster(
+        &self,
+        ns: &str,
+        name: Option<&str>,
+    ) -> Result<Option<crate::capi::Cluster>> {
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        Ok(self
+            .capi_object(&self.capi_clusters, "Cluster", ns, name)
+            .await?
+            .map(|c| crate::capi::Cluster::from_object(&c)))
+    }
+
     /// Whether a transition of `key` to `to` is new (not the last one announced).
     pub fn note_transition(&self, key: &str, to: &str) -> bool {
         let mut t = self.transitions.lock().unwrap();

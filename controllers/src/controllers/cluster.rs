@@ -49,13 +49,7 @@ async fn pass(
     let ns = b7c.namespace().unwrap_or_default();
     let generation = b7c.metadata.generation;
     let owner = capi::owner_name(&b7c.metadata, "Cluster");
-    let cluster = match &owner {
-        Some(name) => ctx
-            .capi_object(&ctx.capi_clusters, "Cluster", &ns, name)
-            .await?
-            .map(|c| capi::Cluster::from_object(&c)),
-        None => None,
-    };
+    let cluster = ctx.capi_cluster(&ns, owner.as_deref()).await?;
     if shape::paused(
         cluster.as_ref(),
         &b7c.metadata,

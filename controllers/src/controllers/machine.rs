@@ -147,13 +147,9 @@ async fn reconcile_normal(
         return Ok(Action::requeue(ctx.settings.waiting_requeue));
     };
     let machine = capi::Machine::from_object(&machine_obj);
-    let cluster = match &machine.cluster_name {
-        Some(name) => ctx
-            .capi_object(&ctx.capi_clusters, "Cluster", &ns, name)
-            .await?
-            .map(|c| capi::Cluster::from_object(&c)),
-        None => None,
-    };
+    let cluster = ctx
+        .capi_cluster(&ns, machine.cluster_name.as_deref())
+        .await?;
     if shape::paused(
         cluster.as_ref(),
         &m.metadata,

@@ -207,13 +207,12 @@ async fn pass(
         );
         return Ok(Action::requeue(ctx.settings.waiting_requeue));
     };
-    let cluster = match capi::Machine::from_object(&machine).cluster_name {
-        Some(c) => ctx
-            .capi_object(&ctx.capi_clusters, "Cluster", &ns, &c)
-            .await?
-            .map(|c| capi::Cluster::from_object(&c)),
-        None => None,
-    };
+    let cluster = ctx
+        .capi_cluster(
+            &ns,
+            capi::Machine::from_object(&machine).cluster_name.as_deref(),
+        )
+        .await?;
     if shape::paused(
         cluster.as_ref(),
         &rem.metadata,
