@@ -108,7 +108,9 @@ async fn reboot_annotation_power_cycles_a_provisioned_host_once() {
         .await
         .unwrap();
     }
-    let mut manager = start_manager(&cp, &["--reboot-graceful-timeout-seconds=8"]);
+    // sushy-tools takes about 9 s to carry out a GracefulShutdown on a busy 2-core machine: the
+    // timeout must be well above that, or the first reboot is forced (seen in CI with 8 s).
+    let mut manager = start_manager(&cp, &["--reboot-graceful-timeout-seconds=30"]);
     let hosts = Api::<PhysicalHost>::namespaced(client.clone(), NS);
     let state = |name: &'static str| {
         let hosts = hosts.clone();
